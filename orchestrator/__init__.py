@@ -1,0 +1,1 @@
+"""Grid submission to Ray Tune, the Parquet results store, and the paper's tables and plots."""
