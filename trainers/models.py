@@ -124,8 +124,8 @@ def build_imagenet_resnet(arch: str, num_classes: int, norm_layer: NormLayer) ->
     return model
 
 
-def _load_pretrained(model: nn.Module, config: "TrialConfig", num_classes: int) -> None:
-    """Load torchvision's ImageNet weights from the local torch hub cache (no download here)."""
+def _pretrained_path(config: "TrialConfig", num_classes: int) -> str:
+    """Where torchvision's ImageNet weights for the trial must be (checked before building)."""
     if config.dataset != "imagenet":
         raise UserError("--pretrained is only available for imagenet architectures; drop it")
     if config.norm != "batch":
@@ -142,6 +142,10 @@ def _load_pretrained(model: nn.Module, config: "TrialConfig", num_classes: int) 
         raise UserError(f"pretrained weights for {config.arch} are not in the torch hub cache "
                         f"and cannot be downloaded here: place {os.path.basename(weights.url)} "
                         f"(from {weights.url}) in {folder}, or drop --pretrained")
+    return path
+
+
+def _load_pretrained(model: nn.Module, path: str) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
@@ -157,6 +161,7 @@ def build_model(config: "TrialConfig", num_classes: int, input_size: int) -> nn.
     (norms.materialize) creates it here, before any optimizer sees the parameters.
     """
     import norms
+    pretrained = _pretrained_path(config, num_classes) if config.pretrained else None
     try:
         norm_layer = norms.norm_factory(config.norm, alpha_fwd=config.afwd,
                                         alpha_bkw=config.abkw, ecm=config.ecm,
@@ -169,8 +174,8 @@ def build_model(config: "TrialConfig", num_classes: int, input_size: int) -> nn.
         model = build_cifar_resnet(config.depth, num_classes, norm_layer)
     norms.materialize(model, torch.zeros(1, 3, input_size, input_size))
     init_weights_norm_only(model)
-    if config.pretrained:
-        _load_pretrained(model, config, num_classes)
+    if pretrained:
+        _load_pretrained(model, pretrained)
     return model
 
 
