@@ -1,0 +1,184 @@
+"""Search spaces, ranking, heatmap and YAML snippet for tuning Online Norm's (afwd, abkw).
+
+The paper's decay factors are dyadic, 1 - 2^-k, so the natural grid is over k; a continuous
+space samples 1 - a log-uniformly. Points are generated here, deterministically from a seed,
+rather than inside Ray Tune, so every configuration has a stable trial_id and a re-submitted
+tuning run skips what finished and resumes what was interrupted, exactly like `onorm run`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from trainers.errors import UserError
+
+DECAY_KEYS = ("afwd", "abkw")
+SEARCHERS = ("grid", "random", "optuna")
+
+
+@dataclass(frozen=True)
+class DecayAxis:
+    """One decay factor's range: k in [low, high] (dyadic) or 1-a in [low, high] (loguniform)."""
+
+    kind: str
+    low: float
+    high: float
+
+    def values(self) -> list[float]:
+        """Every grid value (dyadic only), largest decay last."""
+        return [dyadic(k) for k in range(int(self.low), int(self.high) + 1)]
+
+    def sample(self, rng: random.Random) -> float:
+        if self.kind == "dyadic":
+            return dyadic(rng.randint(int(self.low), int(self.high)))
+        one_minus = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return 1.0 - one_minus
+
+
+def dyadic(k: int) -> float:
+    """1 - 2^-k, exact in float64 for the k used here."""
+    return 1.0 - 2.0 ** -k
+
+
+def parse_axis(where: str, raw: Any) -> DecayAxis:
+    """`{dyadic: [kmin, kmax]}` or `{loguniform: [min(1-a), max(1-a)]}`."""
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise UserError(f"{where}: give exactly one of `dyadic: [kmin, kmax]` or "
+                        f"`loguniform: [low, high]` (range of 1 - a), got {raw!r}")
+    (kind, bounds), = raw.items()
+    if kind not in ("dyadic", "loguniform"):
+        raise UserError(f"{where}: unknown space kind {kind!r}: use dyadic or loguniform")
+    if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)):
+        raise UserError(f"{where}.{kind}: expected a list of two numbers [low, high], got {bounds!r}")
+    low, high = bounds
+    if kind == "dyadic":
+        if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= 30):
+            raise UserError(f"{where}.dyadic: expected integers 1 <= kmin <= kmax <= 30 "
+                            f"(a = 1 - 2^-k), got {bounds!r}")
+    elif not (0 < low <= high < 1):
+        raise UserError(f"{where}.loguniform: expected 0 < low <= high < 1 for 1 - a, "
+                        f"got {bounds!r}")
+    return DecayAxis(kind, float(low), float(high))
+
+
+def parse_space(where: str, raw: Any) -> dict[str, DecayAxis]:
+    if not isinstance(raw, dict) or set(raw) != set(DECAY_KEYS):
+        raise UserError(f"{where}: the search space must give both afwd and abkw, got "
+                        f"{sorted(raw) if isinstance(raw, dict) else raw!r}")
+    return {key: parse_axis(f"{where}.{key}", raw[key]) for key in DECAY_KEYS}
+
+
+def grid_points(space: dict[str, DecayAxis]) -> list[dict[str, float]]:
+    """The full afwd x abkw grid; only dyadic axes have a grid."""
+    for key, axis in space.items():
+        if axis.kind != "dyadic":
+            raise UserError(f"searcher grid needs dyadic axes, but {key} is {axis.kind}: "
+                            "use searcher random (or optuna) for a continuous space")
+    return [dict(afwd=f, abkw=b)
+            for f, b in itertools.product(space["afwd"].values(), space["abkw"].values())]
+
+
+def random_points(space: dict[str, DecayAxis], num_samples: int, seed: int) -> list[dict[str, float]]:
+    """`num_samples` distinct points drawn reproducibly from `seed`."""
+    rng = random.Random(seed)
+    points: list[dict[str, float]] = []
+    seen: set[tuple[float, float]] = set()
+    for _ in range(num_samples * 50):
+        if len(points) == num_samples:
+            break
+        point = dict(afwd=space["afwd"].sample(rng), abkw=space["abkw"].sample(rng))
+        key = (point["afwd"], point["abkw"])
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points
+
+
+def as_fraction(value: float) -> str:
+    """1023/1024 for a dyadic value, else a plain decimal: what to paste into YAML."""
+    frac = Fraction(value).limit_denominator(2 ** 30)
+    if float(frac) == value and frac.denominator & (frac.denominator - 1) == 0:
+        return f"{frac.numerator}/{frac.denominator}"
+    return repr(value)
+
+
+def rank_configurations(metrics, trials=None):
+    """One row per (afwd, abkw): median over seeds of each run's best val_acc1, best first.
+
+    A run stopped early by the scheduler still contributes the best accuracy it reached,
+    which is what ASHA compared it on.
+    """
+    import pandas as pd
+
+    if metrics is None or len(metrics) == 0:
+        return pd.DataFrame(columns=["afwd", "abkw", "median_best_val_acc1", "runs",
+                                     "stopped", "max_epoch"])
+    per_run = (metrics.groupby(["trial_id", "afwd", "abkw"], as_index=False)
+               .agg(best_val_acc1=("val_acc1", "max"), last_epoch=("epoch", "max")))
+    if trials is not None and "status" in trials:
+        per_run = per_run.merge(trials[["trial_id", "status"]], on="trial_id", how="left")
+    else:
+        per_run["status"] = "completed"
+    ranking = (per_run.groupby(["afwd", "abkw"], as_index=False)
+               .agg(median_best_val_acc1=("best_val_acc1", "median"),
+                    runs=("trial_id", "count"),
+                    stopped=("status", lambda s: int((s == "stopped").sum())),
+                    max_epoch=("last_epoch", "max")))
+    return ranking.sort_values(["median_best_val_acc1", "max_epoch"],
+                               ascending=[False, False], ignore_index=True)
+
+
+def yaml_snippet(best: dict[str, float]) -> str:
+    """The best pair as an online-norm cell to paste into an experiment of experiments.yaml."""
+    return ("- norm: online\n"
+            f"  afwd: {as_fraction(best['afwd'])}\n"
+            f"  abkw: {as_fraction(best['abkw'])}\n"
+            "  ecm: ls\n")
+
+
+def _axis_label(value: float) -> str:
+    one_minus = 1.0 - value
+    k = -math.log2(one_minus) if one_minus > 0 else float("inf")
+    if abs(k - round(k)) < 1e-9:
+        return f"1-2^-{int(round(k))}"
+    return f"{value:.5g}"
+
+
+def plot_heatmap(ranking, path: Path, title: str) -> Path:
+    """afwd x abkw heatmap of the ranking's median best accuracy (blank where not run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    afwds = sorted(ranking["afwd"].unique())
+    abkws = sorted(ranking["abkw"].unique())
+    grid = np.full((len(afwds), len(abkws)), np.nan)
+    for row in ranking.itertuples():
+        grid[afwds.index(row.afwd), abkws.index(row.abkw)] = row.median_best_val_acc1
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(abkws), 1.2 + 0.7 * len(afwds)))
+    image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(abkws)), [_axis_label(v) for v in abkws], rotation=45, ha="right")
+    ax.set_yticks(range(len(afwds)), [_axis_label(v) for v in afwds])
+    ax.set_xlabel("abkw (backward decay factor)")
+    ax.set_ylabel("afwd (forward decay factor)")
+    for i in range(len(afwds)):
+        for j in range(len(abkws)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center",
+                        color="white", fontsize=8)
+    fig.colorbar(image, ax=ax, label="median best val top-1 (%)")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
