@@ -1,0 +1,83 @@
+"""CIFAR-10/100 held as uint8 tensors on the training device, augmented there in batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from trainers.data.augment import CIFAR_MEAN, CIFAR_STD, Normalizer, crop_flip, draw_plan
+from trainers.data.bundle import DataBundle, epoch_seed
+from trainers.data.cifar_format import LAYOUTS, CifarLayout, missing_message, read_split
+from trainers.errors import UserError
+
+
+def _download(root: Path, layout: CifarLayout) -> None:
+    """Fetch the real dataset with torchvision; only tried when its folder does not exist."""
+    import torchvision.datasets as tvd
+
+    cls = tvd.CIFAR10 if layout.dataset == "cifar10" else tvd.CIFAR100
+    try:
+        cls(str(root), train=True, download=True)
+    except Exception as err:  # no network, DNS, disk full, bad archive: all mean "not there"
+        reason = f"not found and download failed ({type(err).__name__}: {err})"
+        raise UserError(missing_message(root, layout, reason)) from None
+
+
+def load_cifar(root: str | Path, dataset: str) -> tuple[tuple, tuple]:
+    """((train images, labels), (test images, labels)) as numpy, downloading when absent."""
+    root = Path(root)
+    layout = LAYOUTS[dataset]
+    if not (root / layout.folder).is_dir():
+        _download(root, layout)
+    if not (root / layout.folder / layout.meta_file).is_file():
+        raise UserError(missing_message(root, layout, f"incomplete ({layout.meta_file} missing)"))
+    return read_split(root, layout, train=True), read_split(root, layout, train=False)
+
+
+class CifarData(DataBundle):
+    """Whole splits live on `device` as uint8; each batch is gathered, cropped and normalized
+    there, so the host does no per-image work."""
+
+    input_size = 32
+
+    def __init__(self, train: tuple, val: tuple, num_classes: int, batch_size: int,
+                 seed: int | None, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.train_x = torch.from_numpy(train[0]).to(self.device)
+        self.train_y = torch.from_numpy(train[1]).to(self.device)
+        self.val_x = torch.from_numpy(val[0]).to(self.device)
+        self.val_y = torch.from_numpy(val[1]).to(self.device)
+        self.num_classes = num_classes
+        self.batch_size = batch_size
+        self.seed = seed
+        self.train_len = self.train_x.shape[0] // batch_size
+        self.val_images = self.val_x.shape[0]
+        self.normalize = Normalizer(CIFAR_MEAN, CIFAR_STD, self.device)
+
+    @classmethod
+    def from_config(cls, config, device: torch.device) -> "CifarData":
+        train, val = load_cifar(config.data_dir, config.dataset)
+        n = train[0].shape[0]
+        if n < config.batch_size:
+            raise UserError(f"batch_size {config.batch_size} is larger than the {n} training "
+                            f"images in {config.data_dir}: lower batch_size or add images")
+        return cls(train, val, LAYOUTS[config.dataset].num_classes, config.batch_size,
+                   config.seed, device)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        plan = draw_plan(self.train_x.shape[0], generator).to(self.device)
+        b = self.batch_size
+        for i in range(self.train_len):
+            s = slice(i * b, (i + 1) * b)
+            idx = plan.order[s]
+            images = crop_flip(self.train_x[idx], plan.dx[s], plan.dy[s], plan.flip[s])
+            yield self.normalize(images), self.train_y[idx]
+
+    def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        b = self.batch_size
+        for start in range(0, self.val_images, b):
+            yield (self.normalize(self.val_x[start:start + b]),
+                   self.val_y[start:start + b])
