@@ -1,0 +1,112 @@
+"""Checkpoints that load with torch.load(weights_only=True): atomic save, RNG capture, checks."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainers.errors import UserError
+
+CHECKPOINT_NAME = "checkpoint.pth.tar"
+BEST_NAME = "model_best.pth.tar"
+# Settings that fix the model's parameter set; a checkpoint from another value cannot load.
+MODEL_KEYS = ("dataset", "arch", "depth", "norm", "gn_num_groups")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the trainer may touch, as tensors and plain types (weights_only-safe)."""
+    version, mt_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": int(version), "state": torch.tensor(mt_state, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
+                  "gauss": float(np_gauss)},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["gauss"]))
+    if state["cuda"] and torch.cuda.is_available():
+        # a checkpoint from a machine with more GPUs restores the ones present
+        cuda = state["cuda"][:torch.cuda.device_count()]
+        for index, cuda_state in enumerate(cuda):
+            torch.cuda.set_rng_state(cuda_state, index)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], model_dir: Path, is_best: bool) -> Path:
+    """Write model_dir/checkpoint.pth.tar atomically; copy to model_best.pth.tar if best."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / CHECKPOINT_NAME
+    _atomic_torch_save(state, path)
+    if is_best:
+        fd, tmp = tempfile.mkstemp(prefix=f".{BEST_NAME}.", suffix=".tmp", dir=model_dir)
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, model_dir / BEST_NAME)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without running code from it; UserError if missing or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: pass the path of a "
+                        f"{CHECKPOINT_NAME} written by onorm train, or drop --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise UserError(f"checkpoint {path} is corrupt or not an onorm checkpoint "
+                        f"({type(err).__name__}: {reason}): delete it or resume from "
+                        "another one") from None
+    needed = ("model", "optimizer", "scheduler", "epoch", "config", "rng")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise UserError(f"checkpoint {path} is not an onorm training checkpoint (it lacks "
+                        "model/optimizer/epoch entries): resume from a checkpoint.pth.tar "
+                        "written by onorm train")
+    return state
+
+
+def check_compatible(state: dict[str, Any], config_dict: dict[str, Any], path: str | Path) -> None:
+    """UserError naming the setting when a checkpoint was saved for another model."""
+    saved = state.get("config", {})
+    diffs = [f"{k}={saved.get(k)!r} (now {config_dict[k]!r})" for k in MODEL_KEYS
+             if k in saved and saved.get(k) != config_dict[k]
+             and not (k == "depth" and config_dict["dataset"] == "imagenet")]
+    if diffs:
+        raise UserError(f"checkpoint {path} does not match the model: it was saved with "
+                        f"{', '.join(diffs)}; use the same settings or another --model-dir")

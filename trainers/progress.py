@@ -1,0 +1,44 @@
+"""A live progress line for one epoch (rich on a terminal); nothing when progress is off."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+class _Silent:
+    def update(self, done: int, text: str) -> None:
+        pass
+
+
+class _RichBar:
+    def __init__(self, progress, task) -> None:
+        self._progress, self._task = progress, task
+
+    def update(self, done: int, text: str) -> None:
+        self._progress.update(self._task, completed=done, stats=text)
+
+
+@contextmanager
+def epoch_progress(enabled: bool, title: str, total: int) -> Iterator[_Silent | _RichBar]:
+    """Yield an object with update(done, text); transient bar on stderr when enabled."""
+    if not enabled:
+        yield _Silent()
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[stats]}"),
+                        console=Console(file=sys.stderr), transient=True)
+    with progress:
+        yield _RichBar(progress, progress.add_task(title, total=total, stats=""))
+
+
+def default_progress() -> bool:
+    return sys.stderr.isatty()
+
+
+Log = Callable[[str], None]

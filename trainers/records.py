@@ -1,0 +1,96 @@
+"""Per-epoch metric records: the Parquet column set and atomic, de-duplicating writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from trainers.config import TrialConfig
+
+# DESIGN.md's metric columns, in this order in every metrics.parquet.
+METRIC_COLUMNS = [
+    "experiment", "trial_id", "dataset", "arch", "depth", "norm", "afwd", "abkw", "ecm",
+    "seed", "epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1",
+    "val_acc5", "epoch_time_s", "images_per_s",
+]
+# What train() reports each epoch (the per-epoch part of METRIC_COLUMNS).
+EPOCH_METRIC_KEYS = [
+    "epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1",
+    "val_acc5", "epoch_time_s", "images_per_s",
+]
+
+
+def metric_row(config: "TrialConfig", metrics: Mapping[str, Any], experiment: str = "",
+               trial_id: str = "") -> dict[str, Any]:
+    """One metrics.parquet row: the trial's identifying settings plus one epoch's metrics."""
+    missing = [k for k in EPOCH_METRIC_KEYS if k not in metrics]
+    if missing:
+        raise KeyError(f"epoch metrics lack {', '.join(missing)}")
+    row: dict[str, Any] = dict(
+        experiment=experiment, trial_id=trial_id, dataset=config.dataset, arch=config.arch,
+        depth=int(config.depth), norm=config.norm, afwd=float(config.afwd),
+        abkw=float(config.abkw), ecm=config.ecm,
+        # nullable: a run without --seed is not reproducible and says so
+        seed=None if config.seed is None else int(config.seed))
+    row["epoch"] = int(metrics["epoch"])
+    for key in EPOCH_METRIC_KEYS[1:]:
+        row[key] = float(metrics[key])
+    return row
+
+
+def rows_frame(rows: Iterable[Mapping[str, Any]]) -> "pd.DataFrame":
+    """Rows as a DataFrame with METRIC_COLUMNS order and stable dtypes (seed nullable)."""
+    import pandas as pd
+    df = pd.DataFrame(list(rows), columns=METRIC_COLUMNS)
+    return _normalize_dtypes(df)
+
+
+def _normalize_dtypes(df: "pd.DataFrame") -> "pd.DataFrame":
+    if "seed" in df.columns:
+        df["seed"] = df["seed"].astype("Int64")
+    for col in ("depth", "epoch"):
+        if col in df.columns:
+            df[col] = df[col].astype("int64")
+    return df
+
+
+def write_parquet_atomic(df: "pd.DataFrame", path: str | Path) -> None:
+    """Write `df` to `path` so readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)  # atomic within one filesystem: tmp is in the same folder
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def upsert_rows(path: str | Path, rows: Sequence[Mapping[str, Any]],
+                key: Sequence[str] = ("trial_id", "epoch")) -> "pd.DataFrame":
+    """Merge `rows` into the Parquet file at `path`, replacing rows with the same `key`.
+
+    Last wins (retries and resumes re-report epochs); the result is sorted by `key` and
+    written atomically. Returns the merged frame.
+    """
+    import pandas as pd
+    path = Path(path)
+    new = pd.DataFrame(list(rows))
+    if path.exists():
+        old = pd.read_parquet(path)
+        merged = pd.concat([old, new], ignore_index=True) if len(new) else old
+    else:
+        merged = new
+    if len(merged):
+        merged = merged.drop_duplicates(subset=list(key), keep="last")
+        merged = merged.sort_values(list(key), kind="stable").reset_index(drop=True)
+    merged = _normalize_dtypes(merged)
+    write_parquet_atomic(merged, path)
+    return merged

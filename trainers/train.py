@@ -1,0 +1,277 @@
+"""The one shared trainer: `train(config, report)` runs a trial epoch by epoch (Ray and CLI call it).
+
+Each epoch: train, validate, append the metrics row to model_dir/metrics.parquet, save
+model_dir/checkpoint.pth.tar (and model_best.pth.tar when val top-1 improves), then call
+`report(metrics, checkpoint_path)`. A resumed run continues bit-identically (RNG states,
+optimizer, scheduler and normalizer buffers are all in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainers.checkpoint import (CHECKPOINT_NAME, check_compatible, load_checkpoint,
+                                 rng_state, save_checkpoint, set_rng_state)
+from trainers.config import TrialConfig
+from trainers.errors import UserError
+from trainers.metrics import EpochMeter
+from trainers.progress import default_progress, epoch_progress
+from trainers.records import EPOCH_METRIC_KEYS, metric_row, upsert_rows
+
+METRICS_NAME = "metrics.parquet"
+Report = Callable[[dict, Path], None]
+
+
+@dataclass
+class TrainOutcome:
+    """How a run ended. status 'diverged': the training loss became NaN/inf."""
+
+    status: Literal["completed", "diverged"]
+    epochs_done: int
+    best_epoch: int | None
+    best_val_acc1: float | None
+    final_metrics: dict | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r} requested but CUDA is not available: "
+                            "use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+    return device
+
+
+@contextmanager
+def _reproducible(seed: int | None) -> Iterator[None]:
+    """Seed every RNG and make kernels deterministic; restore the global flags afterwards."""
+    if seed is None:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    # cuBLAS needs this before its first use to be deterministic
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    # warn_only: an op without a deterministic kernel warns instead of stopping the run
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+
+
+def _nan_metrics(epoch: int, lr: float) -> dict[str, Any]:
+    metrics = {k: math.nan for k in EPOCH_METRIC_KEYS}
+    metrics.update(epoch=epoch, lr=lr)
+    return metrics
+
+
+def _validate(model: nn.Module, data, criterion: nn.Module) -> EpochMeter:
+    model.eval()
+    meter = EpochMeter()
+    with torch.no_grad():
+        for images, labels in data.val_batches():
+            logits = model(images)
+            meter.update(logits, labels, criterion(logits, labels).item())
+    return meter
+
+
+class _Trainer:
+    """State of one run; `train()` below is the public entry point."""
+
+    def __init__(self, config: TrialConfig, model_dir: Path, progress: bool, print_freq: int,
+                 log: Callable[[str], None]):
+        from trainers.data import build_data
+        from trainers.models import build_model
+        from trainers.optim import build_optimizer, build_scheduler
+        self.config, self.model_dir, self.log = config, model_dir, log
+        self.progress, self.print_freq = progress, print_freq
+        self.device = resolve_device(config.device)
+        self.data = build_data(config, self.device)
+        self.model = build_model(config, self.data.num_classes, self.data.input_size)
+        self.model.to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        self.criterion = nn.CrossEntropyLoss()
+        self.epochs_done = 0
+        self.best_acc1: float | None = None
+        self.best_epoch: int | None = None
+        self.last_metrics: dict | None = None
+
+    def restore(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        check_compatible(state, self.config.to_dict(), path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0][:160]
+            raise UserError(f"checkpoint {path} does not match the model "
+                            f"(norm={self.config.norm}, depth={self.config.depth}, "
+                            f"arch={self.config.arch}): {first}; use the settings it was "
+                            "saved with or another --model-dir") from None
+        self.optimizer_to_device()
+        set_rng_state(state["rng"])
+        self.epochs_done = int(state["epoch"])
+        self.best_acc1 = state.get("best_acc1")
+        self.best_epoch = state.get("best_epoch")
+        self.last_metrics = state.get("metrics")
+
+    def optimizer_to_device(self) -> None:
+        for buf in self.optimizer.state.values():
+            for key, value in buf.items():
+                if isinstance(value, torch.Tensor):
+                    buf[key] = value.to(self.device)
+
+    def start_at(self, epochs_done: int) -> None:
+        """A manual --start-epoch without a checkpoint: schedule as if epochs were done."""
+        from trainers.optim import build_scheduler
+        self.epochs_done = epochs_done
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.scheduler = build_scheduler(self.optimizer, self.config, epochs_done)
+
+    def train_epoch(self, epoch: int) -> tuple[EpochMeter, bool]:
+        """One pass over the training batches; stops at the first non-finite loss."""
+        self.model.train()
+        meter = EpochMeter()
+        total = self.data.train_len
+        with epoch_progress(self.progress, f"epoch {epoch}/{self.config.epochs}",
+                            total) as bar:
+            for i, (images, labels) in enumerate(self.data.train_batches(epoch), start=1):
+                logits = self.model(images)
+                loss = self.criterion(logits, labels)
+                loss_value = loss.item()
+                meter.update(logits, labels, loss_value)
+                if not math.isfinite(loss_value):
+                    return meter, True
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                text = f"loss {meter.loss:.4f} acc1 {meter.acc1:.2f}"
+                bar.update(i, text)
+                # the seed scripts' per-batch lines, when no live bar shows the same
+                if not self.progress and self.print_freq > 0 and i % self.print_freq == 0:
+                    self.log(f"epoch {epoch} [{i}/{total}] {text}")
+        return meter, False
+
+    def run_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
+        if epoch > 1:
+            self.scheduler.step()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        start = time.perf_counter()
+        train_meter, diverged = self.train_epoch(epoch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        train_time = time.perf_counter() - start
+        metrics = _nan_metrics(epoch, lr)
+        metrics.update(train_loss=math.nan if diverged else train_meter.loss,
+                       train_acc1=train_meter.acc1, train_acc5=train_meter.acc5)
+        if not diverged:
+            val = _validate(self.model, self.data, self.criterion)
+            metrics.update(val_loss=val.loss, val_acc1=val.acc1, val_acc5=val.acc5)
+        metrics["epoch_time_s"] = time.perf_counter() - start
+        metrics["images_per_s"] = train_meter.images / train_time if train_time > 0 else math.nan
+        return metrics, diverged
+
+    def checkpoint_state(self, epoch: int, metrics: dict) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": epoch,
+                "best_acc1": self.best_acc1, "best_epoch": self.best_epoch,
+                "config": self.config.to_dict(), "metrics": dict(metrics), "rng": rng_state()}
+
+
+def _summary(metrics: dict) -> str:
+    return (f"epoch {metrics['epoch']} lr {metrics['lr']:.4g} "
+            f"train loss {metrics['train_loss']:.4f} acc1 {metrics['train_acc1']:.2f} | "
+            f"val loss {metrics['val_loss']:.4f} acc1 {metrics['val_acc1']:.2f} "
+            f"acc5 {metrics['val_acc5']:.2f} | {metrics['epoch_time_s']:.1f}s "
+            f"{metrics['images_per_s']:.0f} img/s")
+
+
+def train(config: TrialConfig, report: Report | None = None, *, model_dir: str | Path,
+          resume: str | Path | None = None, start_epoch: int | None = None,
+          evaluate_only: bool = False, print_freq: int = 10, progress: bool | None = None,
+          log: Callable[[str], None] = print) -> TrainOutcome:
+    """Train (or with evaluate_only, just validate) one trial; see the module docstring.
+
+    report(metrics, checkpoint_path) is called once per epoch with the keys of
+    trainers.records.EPOCH_METRIC_KEYS (epoch 1-based, accuracies in percent, epoch_time_s
+    covering training and validation, images_per_s counting training images only). On a
+    diverged epoch the val metrics are NaN and checkpoint_path is the previous epoch's
+    checkpoint (absent if the first epoch diverged). resume: a checkpoint file or a model
+    dir holding checkpoint.pth.tar. start_epoch: epochs to treat as done when not resuming.
+    """
+    model_dir = Path(model_dir)
+    progress = default_progress() if progress is None else progress
+    with _reproducible(config.seed):
+        run = _Trainer(config, model_dir, progress, print_freq, log)
+        if resume is not None:
+            run.restore(resume)
+        elif start_epoch:
+            run.start_at(int(start_epoch))
+        if evaluate_only:
+            return _evaluate(run, log)
+        return _fit(run, report, log)
+
+
+def _evaluate(run: _Trainer, log: Callable[[str], None]) -> TrainOutcome:
+    val = _validate(run.model, run.data, run.criterion)
+    metrics = _nan_metrics(run.epochs_done, float(run.optimizer.param_groups[0]["lr"]))
+    metrics.update(val_loss=val.loss, val_acc1=val.acc1, val_acc5=val.acc5)
+    log(f"evaluate: val loss {val.loss:.4f} acc1 {val.acc1:.2f} acc5 {val.acc5:.2f} "
+        f"({val.images} images)")
+    return TrainOutcome("completed", run.epochs_done, run.best_epoch, run.best_acc1, metrics)
+
+
+def _fit(run: _Trainer, report: Report | None, log: Callable[[str], None]) -> TrainOutcome:
+    config, model_dir = run.config, run.model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = model_dir / CHECKPOINT_NAME
+    for epoch in range(run.epochs_done + 1, config.epochs + 1):
+        metrics, diverged = run.run_epoch(epoch)
+        # the row goes in before the checkpoint: a crash in between redoes this epoch on
+        # resume, and the upsert replaces the row instead of losing or duplicating it
+        upsert_rows(model_dir / METRICS_NAME, [metric_row(config, metrics)], key=("epoch",))
+        run.last_metrics = metrics
+        if diverged:
+            log(f"epoch {epoch}: training loss is not finite; stopping (diverged)")
+            if report is not None:
+                report(dict(metrics), ckpt_path)
+            return TrainOutcome("diverged", epoch, run.best_epoch, run.best_acc1, metrics)
+        is_best = run.best_acc1 is None or metrics["val_acc1"] > run.best_acc1
+        if is_best:
+            run.best_acc1, run.best_epoch = float(metrics["val_acc1"]), epoch
+        run.epochs_done = epoch
+        save_checkpoint(run.checkpoint_state(epoch, metrics), model_dir, is_best)
+        log(_summary(metrics))
+        if report is not None:
+            report(dict(metrics), ckpt_path)
+    return TrainOutcome("completed", run.epochs_done, run.best_epoch, run.best_acc1,
+                        run.last_metrics)
