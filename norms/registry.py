@@ -1,7 +1,4 @@
-"""The only place that knows the normalizer kinds: mode name -> layer taking channels first.
-
-(Provisional version: the online/layer entries are completed by the norms work.)
-"""
+"""The only place that knows the normalizer kinds: mode name -> layer taking channels first."""
 
 from __future__ import annotations
 
@@ -10,7 +7,24 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from norms.online_function import ECM_MODES
+
 NORM_MODES = ("batch", "group", "layer", "instance", "online", "none")
+# Every option any mode understands; a mode ignores the ones it does not use, so models can
+# pass the same options to every mode, but a misspelt key is an error.
+NORM_OPTIONS = ("alpha_fwd", "alpha_bkw", "ecm", "eps", "ls_eps", "clamp_val", "gn_num_groups")
+_ONLINE_OPTIONS = ("alpha_fwd", "alpha_bkw", "ecm", "eps", "ls_eps", "clamp_val")
+
+
+def _check(mode: str, options: dict[str, Any]) -> None:
+    if mode not in NORM_MODES:
+        raise ValueError(f"unknown norm mode {mode!r}: choose one of {', '.join(NORM_MODES)}")
+    unknown = sorted(set(options) - set(NORM_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown norm option(s) {', '.join(unknown)}: valid options are "
+                         f"{', '.join(NORM_OPTIONS)}")
+    if mode == "online" and options.get("ecm", "ls") not in ECM_MODES:
+        raise ValueError(f"unknown ecm {options['ecm']!r}: choose one of {', '.join(ECM_MODES)}")
 
 
 def build_norm(mode: str, num_features: int, **options: Any) -> nn.Module:
@@ -19,28 +33,31 @@ def build_norm(mode: str, num_features: int, **options: Any) -> nn.Module:
     options (each used only by the modes it concerns, ignored by the others):
     alpha_fwd, alpha_bkw, ecm, eps, ls_eps, clamp_val (online); gn_num_groups (group).
     """
+    _check(mode, options)
     if mode == "batch":
         return nn.BatchNorm2d(num_features)
     if mode == "group":
-        return nn.GroupNorm(options.get("gn_num_groups", 32), num_features)
+        groups = int(options.get("gn_num_groups", 32))
+        if groups < 1 or num_features % groups:
+            raise ValueError(f"group norm: {num_features} channels are not divisible into "
+                             f"gn_num_groups={groups} groups; choose a divisor of "
+                             f"{num_features}")
+        return nn.GroupNorm(groups, num_features)
     if mode == "instance":
+        # Per-channel statistics over H, W with a per-channel affine.
         return nn.GroupNorm(num_features, num_features)
     if mode == "none":
         return nn.Identity()
     if mode == "layer":
         from norms.layer_norm import LayerNorm2d
         return LayerNorm2d(num_features)
-    if mode == "online":
-        from norms.online import OnlineNorm2d
-        keys = ("alpha_fwd", "alpha_bkw", "eps", "ecm", "ls_eps", "clamp_val")
-        return OnlineNorm2d(num_features, **{k: options[k] for k in keys if k in options})
-    raise ValueError(f"unknown norm mode {mode!r}: choose one of {', '.join(NORM_MODES)}")
+    from norms.online import OnlineNorm2d
+    return OnlineNorm2d(num_features, **{k: options[k] for k in _ONLINE_OPTIONS if k in options})
 
 
 def norm_factory(mode: str, **options: Any) -> Callable[[int], nn.Module]:
     """A callable `channels -> layer`, what the models take as `norm_layer`."""
-    if mode not in NORM_MODES:
-        raise ValueError(f"unknown norm mode {mode!r}: choose one of {', '.join(NORM_MODES)}")
+    _check(mode, options)
     return lambda num_features: build_norm(mode, num_features, **options)
 
 

@@ -1,0 +1,133 @@
+"""Online Normalization layers (Chiley et al. 2019) and their error-compensation modules.
+
+Each layer is: normalization core -> per-channel affine -> error compensation ('ls' layer
+scaling, 'ac' activation clamping or 'none'). Training runs the fused op in
+norms.online_function; evaluation uses the plain modules below and changes no state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from norms.online_function import ECM_MODES, OnlineNormFunction
+
+
+class LayerScaling(nn.Module):
+    """Divide each sample by the root mean square of all its non-batch elements."""
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, x.dim()))
+        # The statistic in at least float32: half precision squares overflow above 256.
+        mean_sq = x.float().square().mean(dims, keepdim=True) if x.dtype != torch.float64 \
+            else x.square().mean(dims, keepdim=True)
+        return x * (mean_sq + self.eps).rsqrt().to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class ActivationClamp(nn.Module):
+    """Clamp activations to [-clamp_val, clamp_val]."""
+
+    def __init__(self, clamp_val: float = 5):
+        super().__init__()
+        self.clamp_val = clamp_val
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(-self.clamp_val, self.clamp_val)
+
+    def extra_repr(self) -> str:
+        return f"clamp_val={self.clamp_val}"
+
+
+def _check_alpha(name: str, value: float) -> float:
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+class _OnlineNorm(nn.Module):
+    """Shared parameters, state and evaluation path of OnlineNorm1d/2d."""
+
+    def __init__(self, num_features: int, alpha_fwd: float = 0.999, alpha_bkw: float = 0.99,
+                 eps: float = 1e-5, affine: bool = True, ecm: str = "ls",
+                 ls_eps: float = 1e-5, clamp_val: float = 5):
+        super().__init__()
+        if ecm not in ECM_MODES:
+            raise ValueError(f"unknown ecm {ecm!r}: choose one of {', '.join(ECM_MODES)}")
+        self.num_features = num_features
+        self.alpha_fwd = _check_alpha("alpha_fwd", alpha_fwd)
+        self.alpha_bkw = _check_alpha("alpha_bkw", alpha_bkw)
+        self.eps = float(eps)
+        self.affine = affine
+        self.ecm = ecm
+        self.ls_eps = float(ls_eps)
+        self.clamp_val = float(clamp_val)
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        # Forward statistics (mean, variance) and backward control state (u, v), per channel.
+        self.register_buffer("m", torch.zeros(num_features))
+        self.register_buffer("var", torch.ones(num_features))
+        self.register_buffer("u", torch.zeros(num_features))
+        self.register_buffer("v", torch.zeros(num_features))
+        self.compensation: nn.Module
+        if ecm == "ls":
+            self.compensation = LayerScaling(self.ls_eps)
+        elif ecm == "ac":
+            self.compensation = ActivationClamp(self.clamp_val)
+        else:
+            self.compensation = nn.Identity()
+
+    def reset_running_stats(self) -> None:
+        self.m.zero_()
+        self.var.fill_(1)
+        self.u.zero_()
+        self.v.zero_()
+
+    def _check_input(self, x: torch.Tensor, dims: int) -> None:
+        if x.dim() != dims or x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) expects a "
+                             f"{dims}-d input with {self.num_features} channels, got shape "
+                             f"{tuple(x.shape)}")
+
+    def _forward4d(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return OnlineNormFunction.apply(
+                x, self.weight, self.bias, self.m, self.var, self.u, self.v, self.alpha_fwd,
+                self.alpha_bkw, self.eps, self.ecm, self.ls_eps, self.clamp_val)
+        scale = (self.var.double() + self.eps).rsqrt()
+        shift = -self.m.double() * scale
+        y = torch.addcmul(shift.to(x.dtype)[:, None, None], x, scale.to(x.dtype)[:, None, None])
+        if self.weight is not None:
+            y = torch.addcmul(self.bias.to(x.dtype)[:, None, None], y,
+                              self.weight.to(x.dtype)[:, None, None])
+        return self.compensation(y)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
+                f"eps={self.eps}, affine={self.affine}, ecm={self.ecm!r}")
+
+
+class OnlineNorm2d(_OnlineNorm):
+    """Online Normalization for (N, C, H, W) inputs; statistics per channel over H, W."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, 4)
+        return self._forward4d(x)
+
+
+class OnlineNorm1d(_OnlineNorm):
+    """Online Normalization for (N, C) inputs: each sample is its own mean, variance 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x, 2)
+        return self._forward4d(x[:, :, None, None]).flatten(1)
