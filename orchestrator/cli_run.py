@@ -1,0 +1,118 @@
+"""`onorm run EXPERIMENT`: submit an experiments.yaml grid to Ray Tune, or list it (--dry-run).
+
+No torch or ray at import time, and none at all for --dry-run: listing a grid is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from trainers.errors import UserError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run an experiment grid from experiments.yaml on Ray Tune",
+        description="Run every trial of EXPERIMENT that is not done yet (completed trials are "
+                    "skipped, interrupted ones resume from their last checkpoint) and stream "
+                    "each epoch into RESULTS/EXPERIMENT/metrics.parquet.")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="an experiment name in the config")
+    p.add_argument("--config", metavar="FILE", help="experiments file (default: ./experiments.yaml,"
+                   " else the project's)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the trials and what has run so far; start nothing")
+    p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: "
+                   "RAY_ADDRESS, else start Ray on this machine)")
+    p.add_argument("--data-dir", metavar="DIR", help="dataset folder (overrides the config's)")
+    p.add_argument("--results", metavar="DIR", default="results",
+                   help="results root; files go to DIR/EXPERIMENT (default: results)")
+    p.add_argument("--max-concurrent", metavar="N", type=int,
+                   help="run at most N trials at once (default: the config's, else as "
+                        "resources allow)")
+    p.add_argument("--cpu-only", action="store_true",
+                   help="ask for no GPU per trial (at least 1 CPU), for clusters without GPUs")
+    p.set_defaults(func=run_command)
+
+
+def load_trials(args: argparse.Namespace):
+    from orchestrator.experiments import get_experiment, load_experiments
+    from orchestrator.grid import expand
+
+    experiment = get_experiment(load_experiments(args.config), args.experiment)
+    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
+    return experiment, expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
+
+
+def check_data(experiment, trials) -> str | None:
+    """A problem with the dataset folder, or None (synthetic data is written when missing)."""
+    if experiment.synthetic:
+        return None
+    data_dir = Path(trials[0].config.data_dir)
+    if not data_dir.is_dir():
+        return (f"experiment {experiment.name!r}: data_dir {str(data_dir)!r} does not exist: "
+                f"put the {experiment.dataset} dataset there, or pass --data-dir DIR")
+    return None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
+    experiment, trials = load_trials(args)
+    results_dir = Path(args.results).expanduser().resolve()
+    problem = check_data(experiment, trials)
+    if args.dry_run:
+        from orchestrator.dry_run import print_plan
+
+        print_plan(experiment, trials, results_dir)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
+        return 0
+    if problem:
+        raise UserError(problem)
+    if experiment.synthetic:
+        from orchestrator.demo_data import ensure_synthetic_cifar
+
+        ensure_synthetic_cifar(trials[0].config.data_dir, experiment.dataset, experiment.synthetic)
+    return launch(experiment, trials, results_dir, args)
+
+
+def launch(experiment, trials, results_dir: Path, args: argparse.Namespace) -> int:
+    import yaml
+
+    from orchestrator.recorder import paths
+    from orchestrator.runner import run_trials
+
+    p = paths(results_dir, experiment.name)
+    p["dir"].mkdir(parents=True, exist_ok=True)
+    resolved = experiment.to_dict()
+    resolved["trials"] = [t.to_payload() for t in trials]
+    p["experiment"].write_text(yaml.safe_dump(resolved, sort_keys=False))
+    summary = run_trials(
+        experiment.name, trials, results_dir, address=args.address,
+        max_concurrent=args.max_concurrent or experiment.max_concurrent,
+        max_failures=experiment.max_failures)
+    write_report(results_dir / experiment.name)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
+    print(f"{experiment.name}: {len(trials)} trials: {counts}")
+    print(f"metrics: {summary.paths['metrics']}")
+    print(f"trials:  {summary.paths['trials']}")
+    if summary.exit_code:
+        print(f"some trials failed: see the error column of {summary.paths['trials']}; "
+              "re-run the same command to retry them", file=sys.stderr)
+    return summary.exit_code
+
+
+def write_report(exp_dir: Path) -> None:
+    """Tables and plots from the Parquet files, when the report module is installed."""
+    try:
+        from orchestrator import table
+    except ImportError as err:
+        if err.name == "orchestrator.table":
+            return
+        raise
+    if hasattr(table, "write_report"):
+        table.write_report(exp_dir)
+        print(f"report:  {exp_dir}")

@@ -1,0 +1,34 @@
+"""`onorm run --dry-run`: print every trial of an experiment and what has run of it so far."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.grid import TrialSpec, describe_options
+from orchestrator.status import trial_progress
+
+
+def print_plan(experiment, trials: list[TrialSpec], results_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    progress = trial_progress(results_dir, experiment.name, trials)
+    table = Table(title=f"{experiment.name}: {len(trials)} trials "
+                        f"({experiment.dataset}, results in {results_dir / experiment.name})",
+                  title_justify="left")
+    for col in ("trial_id", "dataset", "arch", "norm", "options", "seed", "epochs", "cpu",
+                "gpu", "status"):
+        table.add_column(col)
+    counts: dict[str, int] = {}
+    for t in trials:
+        c = t.config
+        state, epochs_done, recorded = progress[t.trial_id]
+        counts[state] = counts.get(state, 0) + 1
+        detail = {"done": recorded, "partial": f"{epochs_done}/{c.epochs}", "new": ""}[state]
+        arch = f"resnet{c.depth}" if c.arch == "resnet" else c.arch
+        table.add_row(t.trial_id, c.dataset, arch, c.norm, describe_options(c), str(c.seed),
+                      str(c.epochs), f"{t.resources['cpu']:g}", f"{t.resources['gpu']:g}",
+                      f"{state} {detail}".strip())
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))

@@ -1,0 +1,202 @@
+"""Run a list of trials on Ray Tune and record them: the core of `onorm run` (and tuning).
+
+`run_trials` starts or joins Ray, pins a checkpoint-store actor to the driver's node, runs
+every trial that is not already done as a function trainable, and streams their records into
+Parquet through a Tune callback in the driver. Each call builds a fresh Tuner under a new
+storage folder (results/<exp>/ray/<timestamp>): progress lives in the project's own store and
+Parquet files, never in Tune's experiment state, so a SIGKILLed driver loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.grid import TrialSpec
+from orchestrator.live import LiveView
+from orchestrator.provenance import provenance
+from orchestrator.recorder import DONE_STATUSES, Recorder
+from orchestrator.trainable import STORE_NAMESPACE
+from trainers.errors import UserError
+
+
+@dataclass
+class RunSummary:
+    experiment: str
+    counts: dict[str, int]
+    paths: dict[str, Path]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.counts.get("failed") else 0
+
+
+def connect(address: str | None) -> bool:
+    """Join the cluster at `address`/RAY_ADDRESS or start a local Ray; True if we started it."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common = dict(namespace=STORE_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise UserError(f"cannot join the Ray cluster at {address!r} ({err}); check the "
+                            "address, or leave out --address/RAY_ADDRESS to run locally") from None
+        return True
+    # "local" always starts a new Ray: never attach to some other local cluster by accident.
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+    return True
+
+
+def check_resources(trials: list[TrialSpec]) -> None:
+    """Refuse, before submitting anything, a grid the cluster can never place."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    max_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
+    max_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpu = max(t.resources["gpu"] for t in trials)
+    cpu = max(t.resources["cpu"] for t in trials)
+    if gpu > 0 and max_gpu == 0:
+        raise UserError(f"the trials ask for {gpu:g} GPU each but the Ray cluster has no GPUs: "
+                        "re-run with --cpu-only (sets gpu to 0 per trial) or set "
+                        "`resources: {gpu: 0}` in experiments.yaml")
+    if gpu > max_gpu:
+        raise UserError(f"the trials ask for {gpu:g} GPUs each but no node has more than "
+                        f"{max_gpu:g}: lower resources.gpu in experiments.yaml")
+    if cpu > max_cpu:
+        raise UserError(f"the trials ask for {cpu:g} CPUs each but no node has more than "
+                        f"{max_cpu:g}: lower resources.cpu in experiments.yaml")
+
+
+def start_store(checkpoint_dir: Path, name: str):
+    """The checkpoint-store actor, on the driver's node so its files sit beside the results."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from orchestrator.checkpoints import store_actor_class
+
+    node = ray.get_runtime_context().get_node_id()
+    actor = store_actor_class().options(
+        name=name, namespace=STORE_NAMESPACE, lifetime=None,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False),
+    ).remote(str(checkpoint_dir))
+    ray.get(actor.state.remote("warm-up"))  # fail here, not inside a trial, if it cannot start
+    return actor
+
+
+def make_callback(recorder: Recorder, max_failures: int):
+    from ray import tune
+
+    def trial_key(trial) -> str:
+        return trial.config["trial"]["trial_id"]
+
+    class RecordCallback(tune.Callback):
+        """Forwards Tune's trial events, in the driver, to the Parquet recorder."""
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            recorder.started(trial_key(trial))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "epoch" in result and "trial_id" in result:
+                recorder.result(trial_key(trial), result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            recorder.finished(trial_key(trial))
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            recorder.errored(trial_key(trial), error_text(trial), final=False)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            recorder.errored(trial_key(trial), error_text(trial), final=True)
+
+    return RecordCallback()
+
+
+def error_text(trial) -> str:
+    """The last meaningful line of the trial's error file (the exception message)."""
+    path = trial.error_file
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except (OSError, TypeError):
+        return "trial failed (no error file)"
+    return lines[-1][:500] if lines else "trial failed"
+
+
+def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path, *,
+               address: str | None = None, max_concurrent: int | None = None,
+               scheduler: Any = None, search_alg: Any = None, metric: str = "val_acc1",
+               mode: str = "max", max_failures: int = 2,
+               skip_statuses: tuple[str, ...] = DONE_STATUSES,
+               hooks: dict[str, Any] | None = None, live: LiveView | None = None
+               ) -> RunSummary:
+    """Run the trials that are not done yet; return the count of trials by final status.
+
+    `scheduler`/`search_alg` are handed to Tune (e.g. ASHA for tuning; `metric`/`mode` then
+    apply). A trial a scheduler ends early is recorded as 'stopped'. `hooks` are test-only
+    (e.g. {"exit_after_epoch": 2} kills the worker once on the first attempt).
+    """
+    results_dir = Path(results_dir).resolve()
+    live = live or LiveView(experiment)
+    recorder = Recorder(experiment, results_dir, trials, provenance(),
+                        skip_statuses=skip_statuses, on_change=live)
+    summary = RunSummary(experiment, {}, recorder.paths,
+                         skipped=[t.trial_id for t in recorder.skipped()])
+    for spec in recorder.skipped():
+        print(f"[{experiment}] skip {spec.trial_id} ({recorder.rows[spec.trial_id]['status']})",
+              file=sys.stderr)
+    pending = recorder.pending()
+    if not pending:
+        summary.counts = recorder.counts()
+        return summary
+
+    import ray
+    from ray import tune
+
+    started_ray = connect(address)
+    try:
+        check_resources(pending)
+        store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
+        store = start_store(recorder.paths["checkpoints"], store_name)
+
+        def resources(params: dict[str, Any]):
+            r = params["trial"]["resources"]
+            return tune.PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
+
+        from orchestrator.trainable import run_trial
+
+        tune_config = dict(max_concurrent_trials=max_concurrent, scheduler=scheduler,
+                           search_alg=search_alg)
+        if scheduler is not None or search_alg is not None:
+            tune_config.update(metric=metric, mode=mode)
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, resources),
+            param_space={"trial": tune.grid_search([t.to_payload() for t in pending]),
+                         "store": store_name, "experiment": experiment, "hooks": hooks or {}},
+            tune_config=tune.TuneConfig(**tune_config),
+            run_config=tune.RunConfig(
+                name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(recorder.paths["ray"]),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[make_callback(recorder, max_failures)], verbose=0),
+        )
+        live.start(recorder)
+        try:
+            tuner.fit()
+        finally:
+            live.stop()
+            ray.kill(store)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    summary.counts = recorder.counts()
+    return summary

@@ -1,0 +1,34 @@
+"""What has run so far for each trial (done / partial / new), read without ray or torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.checkpoints import read_state
+from orchestrator.grid import TrialSpec
+from orchestrator.recorder import DONE_STATUSES, paths
+
+
+def trial_progress(results_dir: Path, experiment: str, trials: list[TrialSpec]
+                   ) -> dict[str, tuple[str, int, str]]:
+    """trial_id -> (done|partial|new, epochs done, recorded status) from Parquet and checkpoints."""
+    p = paths(results_dir, experiment)
+    recorded: dict[str, dict] = {}
+    if p["trials"].exists():
+        import pyarrow.parquet as pq  # lighter than pandas: keeps --dry-run fast
+
+        table = pq.read_table(p["trials"], columns=["trial_id", "status", "epochs_done"])
+        recorded = {r["trial_id"]: r for r in table.to_pylist()}
+    out = {}
+    for trial in trials:
+        row = recorded.get(trial.trial_id, {})
+        state = read_state(p["checkpoints"] / trial.trial_id)
+        status = state["outcome"] or row.get("status") or ""
+        epochs = max(int(row.get("epochs_done") or 0), int(state["epoch"]))
+        if status in DONE_STATUSES:
+            out[trial.trial_id] = ("done", epochs, status)
+        elif epochs > 0:
+            out[trial.trial_id] = ("partial", epochs, status)
+        else:
+            out[trial.trial_id] = ("new", 0, status)
+    return out
