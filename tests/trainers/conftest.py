@@ -1,0 +1,44 @@
+"""Shared fixtures: small synthetic datasets in the real on-disk formats, written once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainers.config import make_config
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory) -> Path:
+    from trainers.data.synthetic import write_synthetic_cifar
+    root = tmp_path_factory.mktemp("cifar10")
+    write_synthetic_cifar(root, classes=10, n_train=256, n_test=128, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar100_dir(tmp_path_factory) -> Path:
+    from trainers.data.synthetic import write_synthetic_cifar
+    root = tmp_path_factory.mktemp("cifar100")
+    write_synthetic_cifar(root, classes=100, n_train=256, n_test=100, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def imagenet_dir(tmp_path_factory) -> Path:
+    from trainers.data.synthetic import write_synthetic_imagenet
+    root = tmp_path_factory.mktemp("imagenet")
+    write_synthetic_imagenet(root, classes=4, n_train_per_class=32, n_val_per_class=16,
+                             image_size=32, seed=0)
+    return root
+
+
+@pytest.fixture
+def tiny_cifar(cifar10_dir):
+    """A factory for quick CIFAR-10 trial configs: depth 8, batch 64, no loader workers."""
+    def make(**overrides):
+        values = dict(depth=8, epochs=2, batch_size=64, seed=0, workers=0, device="cpu")
+        values.update(overrides)
+        return make_config("cifar10", str(cifar10_dir), **values)
+    return make
