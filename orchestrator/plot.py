@@ -59,6 +59,7 @@ def lr_steps(runs: Runs, settings: list[Setting]) -> list[int]:
 def metric_figure(runs: Runs, column: str) -> "Figure | None":
     """One figure for `column`, a panel per dataset; None when there is nothing to draw."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = plot_series(runs, column)
     if not panels:
@@ -86,6 +87,7 @@ def metric_figure(runs: Runs, column: str) -> "Figure | None":
                        label="lr step" if i == 0 else None)
         if column.endswith("loss"):
             ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{runs.experiment}: {DATASET_NAMES.get(dataset, dataset)} "
