@@ -16,6 +16,9 @@ def resolve_results_dir(target: str, results: str) -> Path:
     named = Path(results) / target
     if (named / "metrics.parquet").exists():
         return named
+    if named == direct or len(direct.parts) > 1:  # a path, not an experiment name
+        raise UserError(f"no results in {target!r}: {direct}/metrics.parquet does not "
+                        "exist; pass a folder written by `onorm run` or an experiment name")
     raise UserError(f"no results for {target!r}: neither {direct}/metrics.parquet nor "
                     f"{named}/metrics.parquet exists; run `onorm run {target}` first or "
                     "pass --results DIR")

@@ -142,14 +142,17 @@ def load_runs(results_dir: Path, include_running: bool = False) -> Runs:
         raise UserError(f"cannot read {metrics_path} ({err}); re-run `onorm run` "
                         "to rewrite it") from None
     for col in ("trial_id", "epoch"):
-        if col not in metrics.columns:
+        if col not in metrics.columns and not len(metrics):
+            metrics[col] = pd.Series([], dtype="int64" if col == "epoch" else object)
+        elif col not in metrics.columns:
             raise UserError(f"{metrics_path} has no {col!r} column: it is not an onorm "
                             "metrics file")
     metrics = metrics.drop_duplicates(["trial_id", "epoch"], keep="last")
     metrics["epoch"] = metrics["epoch"].astype("int64")
     notes: list[str] = []
-    experiment = (str(metrics["experiment"].iloc[0]) if "experiment" in metrics.columns
-                  and len(metrics) else Path(results_dir).name)
+    names = (metrics["experiment"].dropna().astype(str) if "experiment" in metrics.columns
+             else [])
+    experiment = next((n for n in names if n), Path(results_dir).resolve().name)
 
     trials = pd.read_parquet(trials_path) if trials_path.exists() else None
     status: dict[str, str] = {}
@@ -178,9 +181,8 @@ def load_runs(results_dir: Path, include_running: bool = False) -> Runs:
 
     metrics["trial_id"] = metrics["trial_id"].astype(str)
     if not include_running:
-        keep = [status.get(t, "completed") not in IN_PROGRESS_STATUSES
-                for t in metrics["trial_id"]]
-        metrics = metrics[keep]
+        run_status = metrics["trial_id"].map(lambda t: status.get(t, "completed"))
+        metrics = metrics[~run_status.isin(IN_PROGRESS_STATUSES)]
     else:
         if excluded:
             notes.append(f"Included {sum(excluded.values())} run(s) not finished "

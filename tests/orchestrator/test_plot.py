@@ -80,6 +80,10 @@ def test_cli_writes_pngs_and_prints_paths(results, capsys):
 
 def test_write_report_on_partial_results(tmp_path):
     assert write_report(tmp_path / "empty") == []
+    # a metrics file with no rows yet: empty tables, no plots
+    folder = write_results(tmp_path / "norows", runs=[])
+    assert {p.suffix for p in write_report(folder)} == {".md", ".csv", ".tex"}
+    assert "(no finished runs)" in (folder / "tables" / "loss.md").read_text()
     # only in-progress runs: tables say so, no plots
     folder = write_results(tmp_path / "toy", runs=[
         ("r1", "cifar10", "batch", {}, "running", [10, 20], [2.0, 1.0])])

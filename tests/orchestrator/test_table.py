@@ -176,3 +176,10 @@ def test_cli_missing_results_is_one_line_error(tmp_path, capsys):
     assert code != 0
     assert err.count("\n") == 1 and "no results for 'nosuch'" in err
     assert "Traceback" not in err
+
+
+def test_cli_missing_results_path_is_one_line_error(tmp_path, capsys):
+    code = main(["plot", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1
+    assert "nowhere/metrics.parquet does not exist" in err
