@@ -183,3 +183,17 @@ def test_cli_missing_results_path_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1
     assert "nowhere/metrics.parquet does not exist" in err
+
+
+def test_paper_rows_match_only_the_paper_settings():
+    from orchestrator.paper import paper_entry
+
+    row = paper_entry("accuracy", "imagenet", "resnet50", 0, "online",
+                      dict(afwd=0.999, abkw=0.99, ecm="ls"))
+    assert (row["best_epoch"], row["total_epochs"], row["median"]) == (91, 100, 76.3)
+    assert paper_entry("loss", "cifar100", "resnet", 20, "group",
+                       dict(gn_num_groups=8))["median"] == 1.35
+    assert paper_entry("loss", "cifar100", "resnet", 20, "group", dict(gn_num_groups=4)) is None
+    assert paper_entry("accuracy", "cifar10", "resnet", 20, "online",
+                       dict(afwd=1023 / 1024, abkw=127 / 128, ecm="ac")) is None
+    assert paper_entry("accuracy", "cifar10", "resnet", 32, "batch", {}) is None
