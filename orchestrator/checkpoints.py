@@ -44,6 +44,7 @@ def read_state(trial_dir: Path) -> dict[str, Any]:
         state = {}
     state.setdefault("epoch", 0)
     state.setdefault("attempts", 0)
+    state.setdefault("start_epoch", 0)   # first epoch of the latest attempt
     state.setdefault("outcome", None)
     state.setdefault("history", [])
     return state
@@ -68,12 +69,13 @@ class CheckpointStore:
     def begin(self, trial_id: str) -> dict[str, Any]:
         """Count one more attempt; return {attempt, epoch, checkpoint bytes or None}."""
         state = self.state(trial_id)
-        state["attempts"] += 1
-        state["outcome"] = None
-        self._write_state(trial_id, state)
         path = self.trial_dir(trial_id) / CHECKPOINT_NAME
         data = path.read_bytes() if state["epoch"] > 0 and path.exists() else None
-        return {"attempt": state["attempts"], "epoch": state["epoch"] if data else 0,
+        state["attempts"] += 1
+        state["outcome"] = None
+        state["start_epoch"] = (state["epoch"] if data else 0) + 1
+        self._write_state(trial_id, state)
+        return {"attempt": state["attempts"], "epoch": state["start_epoch"] - 1,
                 "checkpoint": data}
 
     def put(self, trial_id: str, epoch: int, data: bytes | None, metrics: dict[str, Any]) -> None:

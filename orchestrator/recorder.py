@@ -25,10 +25,12 @@ TRIAL_COLUMNS = [
     "experiment", "trial_id", "dataset", "arch", "depth", "norm", "afwd", "abkw", "ecm",
     "seed", "status", "epochs", "epochs_done", "best_epoch", "best_val_acc1", "config_json",
     "attempts", "error", "git_commit", "package_versions", "host", "device", "node_id",
-    "gpu_ids", "updated_at",
+    "gpu_ids", "start_epoch", "started_at", "updated_at",
 ]
 # Reported by the trainable beside the epoch metrics; copied into the trial's row.
+# start_epoch/started_at describe the latest attempt (start_epoch > 1: it resumed).
 CONTEXT_KEYS = ("host", "device", "node_id", "gpu_ids")
+ATTEMPT_KEYS = ("start_epoch", "started_at")
 
 
 def paths(results_dir: Path, experiment: str) -> dict[str, Path]:
@@ -72,7 +74,8 @@ class Recorder:
                 key = (trial_id, int(metrics["epoch"]))
                 if key not in self.metrics:
                     self.metrics[key] = self._metric_row(spec, metrics)
-            row = self.rows.get(trial_id) or self._new_row(spec)
+            # defaults first: rows written by an older version may lack newer columns
+            row = {**self._new_row(spec), **self.rows.get(trial_id, {})}
             row["attempts"] = max(int(row.get("attempts") or 0), state["attempts"])
             if state["outcome"] in DONE_STATUSES:
                 row["status"] = state["outcome"]
@@ -104,7 +107,8 @@ class Recorder:
         spec = self.specs[trial_id]
         epoch = int(result["epoch"])
         self.metrics[(trial_id, epoch)] = self._metric_row(spec, result)
-        changes = {k: str(result[k]) for k in CONTEXT_KEYS if k in result}
+        changes: dict[str, Any] = {k: str(result[k]) for k in CONTEXT_KEYS if k in result}
+        changes.update({k: result[k] for k in ATTEMPT_KEYS if k in result})
         if "attempt" in result:
             changes["attempts"] = max(int(result["attempt"]), int(self.rows[trial_id]["attempts"]))
         self._set(trial_id, status="running", **changes)
@@ -121,7 +125,10 @@ class Recorder:
             self.metrics.setdefault((trial_id, int(metrics["epoch"])),
                                     self._metric_row(self.specs[trial_id], metrics))
         self._update_progress(trial_id)
-        self._set(trial_id, status=state["outcome"] or "stopped", error="")
+        # an attempt that found nothing left to train reported no epoch: take it from the store
+        attempts = max(int(self.rows[trial_id]["attempts"]), state["attempts"])
+        self._set(trial_id, status=state["outcome"] or "stopped", error="", attempts=attempts,
+                  start_epoch=max(int(state["start_epoch"]), 0))
         self.write(metrics=True)
         self.on_change(self, f"{trial_id} {self.rows[trial_id]['status']}")
 
@@ -146,7 +153,8 @@ class Recorder:
             "config_json": json.dumps({**spec.to_payload()["config"],
                                        "synthetic_data": spec.synthetic}, sort_keys=True),
             "attempts": 0, "error": "", "host": "", "device": "", "node_id": "", "gpu_ids": "",
-            **self.provenance, "updated_at": time.time(),
+            "start_epoch": 0, "started_at": float("nan"), **self.provenance,
+            "updated_at": time.time(),
         }
 
     def _set(self, trial_id: str, **changes: Any) -> None:
@@ -174,6 +182,7 @@ class Recorder:
             write_parquet_atomic(rows_frame(rows), self.paths["metrics"])
         trials = pd.DataFrame(list(self.rows.values()), columns=TRIAL_COLUMNS)
         trials["seed"] = trials["seed"].astype("Int64")
-        for col in ("depth", "epochs", "epochs_done", "best_epoch", "attempts"):
+        trials["started_at"] = trials["started_at"].astype("float64")
+        for col in ("depth", "epochs", "epochs_done", "best_epoch", "attempts", "start_epoch"):
             trials[col] = trials[col].astype("int64")
         write_parquet_atomic(trials, self.paths["trials"])

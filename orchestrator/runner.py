@@ -189,6 +189,8 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[make_callback(recorder, max_failures)], verbose=0),
         )
+        # Tune's legacy reporter at verbose=0 prints nothing; the live view shows progress.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         live.start(recorder)
         try:
             tuner.fit()

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def run_trial(params: dict[str, Any]) -> None:
         "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
         "pid": os.getpid(),
         "device": device_name(config),
+        "started_at": time.time(),
         "trial_status": "running",
     }
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: one local Ray per test session, started only when a test asks for it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def _ray_shutdown_at_end():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_ray_shutdown_at_end):
+    """A local Ray (2 CPUs, 1 logical GPU, no dashboard), started once and reused.
+
+    A test that needs its own Ray (a simulated cluster) uses `ray_exclusive` instead; the
+    next test asking for this fixture then starts the shared one again.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.pop("RAY_ADDRESS", None)
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+                 namespace="onorm", log_to_driver=False)
+    return ray
+
+
+@pytest.fixture
+def ray_exclusive(_ray_shutdown_at_end):
+    """No Ray in this process while the test runs (it starts, and must stop, its own)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,36 @@
+"""Tiny trials for the orchestrator tests: synthetic CIFAR of 128/64 images, ResNet-8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.demo_data import ensure_synthetic_cifar
+from orchestrator.grid import TrialSpec, make_trial
+from trainers.config import make_config
+
+SYNTHETIC = {"n_train": 128, "n_test": 64}
+TINY_SETTINGS = dict(depth=8, batch_size=64, lr_milestones=(2,), workers=0, device="cpu")
+
+
+def tiny_trial(data_dir: Path, norm: str = "batch", seed: int = 0, epochs: int = 3,
+               resources: dict[str, float] | None = None) -> TrialSpec:
+    ensure_synthetic_cifar(data_dir, "cifar10", SYNTHETIC)
+    config = make_config("cifar10", str(data_dir), norm=norm, seed=seed, epochs=epochs,
+                         **TINY_SETTINGS)
+    return make_trial(config, resources or {"cpu": 1.0, "gpu": 0.0}, SYNTHETIC)
+
+
+def tiny_yaml(path: Path, body: str | None = None) -> Path:
+    """An experiments file with one tiny grid `tiny` (or `body` verbatim)."""
+    path.write_text(body if body is not None else """
+tiny:
+  dataset: cifar10
+  data_dir: data
+  synthetic: {n_train: 128, n_test: 64}
+  resources: {cpu: 1, gpu: 0}
+  settings: {depth: 8, epochs: 3, batch_size: 64, lr_milestones: [2], workers: 0, device: cpu}
+  cells:
+    - {norm: batch, seeds: 2}
+    - {norm: online, afwd: "1023/1024", abkw: "127/128", seeds: 1}
+""")
+    return path

@@ -1,0 +1,136 @@
+"""experiments.yaml: the shipped experiments, expansion into trials, and bad-input messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from orch_helpers import tiny_yaml
+
+from orchestrator.cli import main
+from orchestrator.experiments import load_experiments
+from orchestrator.grid import expand, make_trial_id
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_paper_grids_match_the_paper():
+    exps = load_experiments(REPO / "experiments.yaml")
+    assert {"cifar10", "cifar100", "imagenet", "demo"} <= set(exps)
+    c10 = expand(exps["cifar10"])
+    by_norm = {}
+    for t in c10:
+        by_norm.setdefault(t.config.norm, []).append(t)
+    assert {k: len(v) for k, v in by_norm.items()} == {
+        "online": 5, "batch": 5, "layer": 1, "instance": 1, "group": 1}
+    online = by_norm["online"][0].config
+    assert online.afwd == 1023 / 1024 and online.abkw == 127 / 128 and online.ecm == "ls"
+    assert (online.depth, online.epochs, online.batch_size, online.lr, online.momentum,
+            online.weight_decay, online.lr_milestones, online.lr_multiplier) == (
+        20, 250, 128, 0.1, 0.9, 2e-4, (100, 150, 200), 0.1)
+    assert by_norm["group"][0].config.gn_num_groups == 8
+    assert sorted(t.config.seed for t in by_norm["batch"]) == [0, 1, 2, 3, 4]
+    c100 = [t.config for t in expand(exps["cifar100"]) if t.config.norm == "online"]
+    assert c100[0].afwd == 511 / 512 and c100[0].abkw == 15 / 16
+    imagenet = expand(exps["imagenet"])
+    assert sorted(t.config.norm for t in imagenet) == ["batch", "online"]
+    cfg = imagenet[0].config
+    assert (cfg.arch, cfg.epochs, cfg.batch_size, cfg.weight_decay, cfg.lr_milestones,
+            cfg.gn_num_groups) == ("resnet50", 100, 256, 1e-4, (30, 60, 80), 32)
+    demo = expand(exps["demo"])
+    assert {t.config.norm for t in demo} == {"batch", "group", "layer", "instance", "online",
+                                              "none"}
+    assert all(t.resources == {"cpu": 1.0, "gpu": 0.0} for t in demo)
+    assert exps["cifar10"].resources == {"cpu": 2.0, "gpu": 0.25}
+
+
+def test_trial_id_ignores_where_the_data_lives_but_not_settings(tmp_path):
+    exps = load_experiments(tiny_yaml(tmp_path / "e.yaml"))
+    a = expand(exps["tiny"])
+    b = expand(exps["tiny"], data_dir=str(tmp_path / "elsewhere"))
+    assert [t.trial_id for t in a] == [t.trial_id for t in b]
+    assert len({t.trial_id for t in a}) == 3
+    changed = a[0].config.replace(lr=0.05)
+    assert make_trial_id(changed, a[0].synthetic) != a[0].trial_id
+    assert make_trial_id(a[0].config.replace(workers=7), a[0].synthetic) == a[0].trial_id
+    # relative data_dir resolves against the yaml's folder
+    assert a[0].config.data_dir == str((tmp_path / "data").resolve())
+
+
+def test_cpu_only_drops_gpus(tmp_path):
+    exps = load_experiments(REPO / "experiments.yaml")
+    trials = expand(exps["cifar10"], cpu_only=True)
+    assert all(t.resources["gpu"] == 0 and t.resources["cpu"] >= 1 for t in trials)
+
+
+def run_cli(capsys, tmp_path, body: str, experiment: str = "tiny", extra=()) -> tuple[int, str]:
+    path = tiny_yaml(tmp_path / "bad.yaml", body)
+    code = main(["run", experiment, "--config", str(path), "--dry-run",
+                 "--results", str(tmp_path / "r"), *extra])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+GOOD = """
+tiny:
+  dataset: cifar10
+  data_dir: data
+  synthetic: {n_train: 128, n_test: 64}
+  settings: {depth: 8, epochs: 3}
+  cells:
+    - {norm: batch, seeds: 2}
+"""
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("  settings:", "  setings: {}\n  settings:", "unknown key 'setings' in the experiment"),
+    ("epochs: 3", "epochs: three", "key 'settings.epochs': expected an integer"),
+    ("epochs: 3", "epochs: 3, lr: fast", "key 'settings.lr': expected a number or a fraction"),
+    ("{norm: batch, seeds: 2}", "{norm: batchnorm}", "unknown normalizer 'batchnorm'; choose"),
+    ("    - {norm: batch, seeds: 2}", "    []", "empty grid"),
+    ("  cells:\n    - {norm: batch, seeds: 2}", "  cells: []", "empty grid"),
+    ("seeds: 2", "seeds: 2, colour: red", "unknown key 'colour' in cells[0]"),
+    ("data_dir: data", "data_dir: 5", "key 'data_dir': expected a folder path"),
+    ("  synthetic: {n_train: 128, n_test: 64}\n", "  resources: {cpu: 1, gpu: -1}\n",
+     "key 'resources.gpu': must be >= 0"),
+    ("  synthetic: {n_train: 128, n_test: 64}\n", "  resources: {cpu: 1, tpu: 1}\n",
+     "unknown key 'tpu' in resources"),
+    ("dataset: cifar10", "dataset: mnist", "key 'dataset': expected one of cifar10"),
+])
+def test_bad_experiments_file_gives_one_line_and_nonzero_exit(capsys, tmp_path, old, new,
+                                                               expected):
+    assert old in GOOD
+    code, err = run_cli(capsys, tmp_path, GOOD.replace(old, new))
+    assert code != 0
+    assert len(err.splitlines()) == 1, err
+    assert "experiment 'tiny'" in err and expected in err, err
+
+
+def test_unknown_experiment_lists_available(capsys, tmp_path):
+    code, err = run_cli(capsys, tmp_path, GOOD, experiment="tinny")
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "unknown experiment 'tinny': available: tiny" in err
+
+
+def test_another_experiments_error_is_reported_even_when_running_a_good_one(capsys, tmp_path):
+    body = GOOD + "broken:\n  dataset: cifar10\n  data_dir: d\n  cells: [{norm: lyaer}]\n"
+    code, err = run_cli(capsys, tmp_path, body)
+    assert code != 0 and "experiment 'broken'" in err and "'lyaer'" in err
+
+
+def test_missing_data_dir_is_refused_before_anything_starts(capsys, tmp_path):
+    body = GOOD.replace("  synthetic: {n_train: 128, n_test: 64}\n", "")
+    path = tiny_yaml(tmp_path / "e.yaml", body)
+    code = main(["run", "tiny", "--config", str(path), "--results", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "data_dir" in err and "does not exist" in err and "--data-dir" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_fraction_strings_are_exact_and_code_is_not_evaluated(capsys, tmp_path):
+    exps = load_experiments(tiny_yaml(tmp_path / "e.yaml"))
+    online = [t for t in expand(exps["tiny"]) if t.config.norm == "online"][0]
+    assert online.config.afwd == 1023 / 1024
+    code, err = run_cli(capsys, tmp_path, GOOD.replace("epochs: 3", "epochs: 3, afwd: '1 - 2**-10'"))
+    assert code != 0 and "settings.afwd" in err
