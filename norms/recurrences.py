@@ -53,18 +53,21 @@ def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor
     """States s_0..s_N of s_{i+1} = coef_i*s_i + inputs_i, s_0 = state0 (Hillis-Steele scan).
 
     coef may be zero or negative, so no logarithms or division: maps s -> A*s + B are composed
-    pairwise in log2(N) rounds. state0: (C,), coef and inputs: (N, C). Returns (N+1, C).
+    pairwise in log2(N+1) rounds. state0: (C,), coef and inputs: (N, C). Returns (N+1, C).
     """
-    # Element 0 is the constant map s -> state0; prefix composition then yields s_i directly.
-    mul = torch.cat([torch.zeros_like(state0)[None], coef])
-    add = torch.cat([state0[None], inputs])
+    n, c = coef.shape
+    # maps[0] holds the A's, maps[1] the B's. Element 0 is the constant map s -> state0, so
+    # the composed prefix ending at element i is the constant map s -> s_i.
+    maps = torch.empty((2, n + 1, c), dtype=coef.dtype, device=coef.device)
+    maps[0, 0] = 0
+    maps[0, 1:] = coef
+    maps[1, 0] = state0
+    maps[1, 1:] = inputs
     step = 1
-    length = mul.shape[0]
-    while step < length:
-        # Compose map i with the prefix ending at i-step: (A_i, B_i) o (A_j, B_j).
-        new_add = torch.addcmul(add[step:], mul[step:], add[:-step])
-        new_mul = mul[step:] * mul[:-step]
-        add = torch.cat([add[:step], new_add])
-        mul = torch.cat([mul[:step], new_mul])
+    while step <= n:
+        # (A_i, B_i) o (A_j, B_j) = (A_i*A_j, A_i*B_j + B_i), with j = i - step.
+        composed = maps[:, :-step] * maps[0, step:]
+        composed[1] += maps[1, step:]
+        maps[:, step:] = composed
         step *= 2
-    return add
+    return maps[1]

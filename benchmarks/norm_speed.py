@@ -1,0 +1,106 @@
+"""Benchmark: forward+backward time of each normalizer against nn.BatchNorm2d, and a ResNet-20
+training step with Online Normalization against the same step with batch norm.
+
+Every ratio is measured against a baseline timed in the same run, interleaved with it so
+machine noise hits both alike. Usage: python -m benchmarks.norm_speed [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+SHAPES = ((128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8), (32, 256, 56, 56))
+# (label, registry mode, options); group norm uses 8 groups so that 16 channels divide.
+NORMS = (("batch", "batch", {}), ("group", "group", {"gn_num_groups": 8}),
+         ("layer", "layer", {}), ("instance", "instance", {}),
+         ("online ls", "online", {"ecm": "ls"}), ("online none", "online", {"ecm": "none"}),
+         ("none", "none", {}))
+
+
+def _interleaved_medians(fns: dict[str, Callable[[], None]], warmup: int,
+                         repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, calls alternating between functions."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _layer_step(layer, x, grad) -> Callable[[], None]:
+    def step() -> None:
+        x.grad = None
+        layer(x).backward(grad)
+    return step
+
+
+def bench_layers(shape: tuple[int, ...], warmup: int, repeats: int) -> dict[str, float]:
+    import torch
+    import norms
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    grad = torch.randn(shape)
+    fns = {}
+    for label, mode, options in NORMS:
+        layer = norms.build_norm(mode, shape[1], **options).train()
+        norms.materialize(layer, x.detach())
+        fns[label] = _layer_step(layer, x, grad)
+    return _interleaved_medians(fns, warmup, repeats)
+
+
+def bench_resnet20(warmup: int, repeats: int) -> dict[str, float]:
+    import torch
+    import norms
+    from trainers.models import build_cifar_resnet
+    torch.manual_seed(0)
+    images = torch.randn(128, 3, 32, 32)
+    labels = torch.randint(0, 10, (128,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    fns = {}
+    for label, mode, options in (("batch", "batch", {}), ("online ls", "online", {"ecm": "ls"})):
+        model = build_cifar_resnet(20, 10, norms.norm_factory(mode, **options)).train()
+        norms.materialize(model, images[:1])
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+        def step(model=model, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(images), labels).backward()
+            opt.step()
+        fns[label] = step
+    return _interleaved_medians(fns, warmup, repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    args = parser.parse_args(argv)
+    import torch
+    warmup, repeats = (1, 3) if args.quick else (3, 15)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, train mode, "
+          f"forward+backward, median of {repeats} interleaved repeats")
+    header = f"{'shape':<20}" + "".join(f"{label:>20}" for label, _, _ in NORMS)
+    print(header)
+    for shape in SHAPES:
+        big = shape[0] * shape[1] * shape[2] * shape[3] > 10_000_000
+        times = bench_layers(shape, warmup, max(3, repeats // 3) if big else repeats)
+        base = times["batch"]
+        cells = "".join(f"{times[label] * 1e3:>9.2f}ms {times[label] / base:>5.2f}x  "
+                        for label, _, _ in NORMS)
+        print(f"{str(shape):<20}{cells}")
+    steps = bench_resnet20(warmup, repeats)
+    ratio = steps["online ls"] / steps["batch"]
+    print(f"ResNet-20 SGD step, batch 128, 32x32: batch norm {steps['batch'] * 1e3:.1f} ms, "
+          f"online (ecm ls) {steps['online ls'] * 1e3:.1f} ms, ratio {ratio:.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
