@@ -1,0 +1,122 @@
+"""SIGKILL the `onorm run` driver mid-grid; the same command then finishes only what is missing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+import psutil  # noqa: E402
+from orch_helpers import tiny_yaml
+
+from orchestrator.experiments import load_experiments
+from orchestrator.grid import expand
+
+REPO = Path(__file__).resolve().parents[2]
+
+GRID = """
+kill:
+  dataset: cifar10
+  data_dir: data
+  synthetic: {n_train: 128, n_test: 64}
+  resources: {cpu: 1, gpu: 0}
+  max_concurrent: 2
+  settings: {depth: 8, batch_size: 64, lr_milestones: [2], workers: 0, device: cpu}
+  cells:
+    - {norm: batch, epochs: 2, seeds: 1}
+    - {norm: group, epochs: 12, seeds: 1}
+    - {norm: batch, epochs: 2, seeds: [1]}
+"""
+
+
+def driver(config: Path, results: Path, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "run", "kill", "--config", str(config),
+             "--results", str(results)], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def read_trials(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(path).set_index("trial_id")
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver, then every Ray process it started (by pid, found beforehand)."""
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for p in list(tree):
+        try:
+            tree.extend(p.children(recursive=True))  # workers forked since the snapshot
+        except psutil.Error:
+            pass
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+
+
+def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_path):
+    config = tiny_yaml(tmp_path / "e.yaml", GRID)
+    short, long, third = expand(load_experiments(config)["kill"])
+    results = tmp_path / "results"
+    trials_path = results / "kill" / "trials.parquet"
+    metrics_path = results / "kill" / "metrics.parquet"
+
+    first = driver(config, results, tmp_path / "first.log")
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert time.time() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            rows = read_trials(trials_path)
+            if (rows is not None and rows.loc[short.trial_id, "status"] == "completed"
+                    and 1 <= rows.loc[long.trial_id, "epochs_done"] <= 8):
+                break
+            time.sleep(0.1)
+    finally:
+        kill_tree(first)
+    before = pd.read_parquet(metrics_path)
+    killed_at = int(before[before.trial_id == long.trial_id].epoch.max())
+    assert killed_at < 12
+
+    second = driver(config, results, tmp_path / "second.log")
+    try:
+        assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    finally:
+        if second.poll() is None:
+            kill_tree(second)
+    log = (tmp_path / "second.log").read_text()
+
+    rows = pd.read_parquet(trials_path).set_index("trial_id")
+    assert set(rows.status) == {"completed"} and len(rows) == 3
+    # the completed trial was skipped, not retrained: same rows, one attempt
+    assert f"skip {short.trial_id} (completed)" in log
+    assert f"{short.trial_id} started" not in log
+    after = pd.read_parquet(metrics_path)
+    pd.testing.assert_frame_equal(
+        before[before.trial_id == short.trial_id].reset_index(drop=True),
+        after[after.trial_id == short.trial_id].reset_index(drop=True))
+    assert rows.loc[short.trial_id, "attempts"] == 1
+    # the interrupted trial resumed after its last stored epoch
+    assert rows.loc[long.trial_id, "attempts"] == 2
+    resumed_at = int(rows.loc[long.trial_id, "start_epoch"])
+    assert 1 < resumed_at <= killed_at + 1
+    first_epoch_line = next(ln for ln in log.splitlines() if f"{long.trial_id} epoch" in ln)
+    assert f"epoch {resumed_at}/12" in first_epoch_line
+    # exactly one row per (trial, epoch), every epoch of every trial
+    expected = sorted([(short.trial_id, e) for e in (1, 2)] + [(third.trial_id, e) for e in (1, 2)]
+                      + [(long.trial_id, e) for e in range(1, 13)])
+    assert sorted(zip(after.trial_id, after.epoch.astype(int))) == expected
