@@ -6,7 +6,6 @@ No torch or ray at import time, and none at all for --dry-run: listing a grid is
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

@@ -48,7 +48,6 @@ class LiveView:
         for trial_id, spec in recorder.specs.items():
             row = recorder.rows[trial_id]
             status = row["status"]
-            acc = row["best_val_acc1"]
             last = recorder.metrics.get((trial_id, int(row["epochs_done"])))
             acc_text = f"{last['val_acc1']:.2f}" if last else "-"
             table.add_row(trial_id, spec.config.norm, describe_options(spec.config),

@@ -136,6 +136,13 @@ class Recorder:
         self._set(trial_id, status="failed" if final else "running", error=error)
         self.on_change(self, f"{trial_id} {'failed' if final else 'retrying'}: {error}")
 
+    def interrupted(self) -> None:
+        """After Tune returned: trials still marked running were cut short (they resume)."""
+        for trial_id in self.specs:
+            if self.rows[trial_id]["status"] == "running":
+                self.rows[trial_id]["status"] = "pending"
+        self.write(metrics=False)
+
     # ------------------------------------------------------------ rows and files
     def _metric_row(self, spec: TrialSpec, metrics: dict[str, Any]) -> dict[str, Any]:
         from trainers.records import metric_row

@@ -197,6 +197,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
         finally:
             live.stop()
             ray.kill(store)
+            recorder.interrupted()  # Ctrl-C or an early exit: running trials go back to pending
     finally:
         if started_ray:
             ray.shutdown()

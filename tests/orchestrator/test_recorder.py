@@ -1,0 +1,68 @@
+"""The driver's Parquet record: statuses from the store's outcome, dedup, and reconciliation."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from orch_helpers import tiny_trial
+
+from orchestrator.checkpoints import CheckpointStore
+from orchestrator.recorder import Recorder
+
+PROV = {"git_commit": "abc", "package_versions": "{}"}
+
+
+def epoch(e: int, acc: float, loss: float = 1.0) -> dict:
+    return {"epoch": e, "lr": 0.1, "train_loss": loss, "train_acc1": acc, "train_acc5": acc,
+            "val_loss": loss, "val_acc1": acc, "val_acc5": acc, "epoch_time_s": 1.0,
+            "images_per_s": 10.0}
+
+
+def test_statuses_dedup_and_reconcile_after_a_lost_driver(tmp_path):
+    data = tmp_path / "data"
+    done, diverged, stopped = (tiny_trial(data, n, epochs=3) for n in ("batch", "group", "none"))
+    rec = Recorder("exp", tmp_path, [done, diverged, stopped], PROV)
+    assert set(rec.counts()) == {"pending"}
+    store = CheckpointStore(rec.paths["checkpoints"])
+
+    for trial in (done, diverged, stopped):
+        assert store.begin(trial.trial_id)["epoch"] == 0
+        rec.started(trial.trial_id)
+    for e, acc in ((1, 20.0), (2, 50.0), (2, 40.0), (3, 45.0)):   # epoch 2 re-reported
+        store.put(done.trial_id, e, b"ckpt", epoch(e, acc))
+        rec.result(done.trial_id, {**epoch(e, acc), "attempt": 1, "device": "cpu"})
+    store.finish(done.trial_id, "completed")
+    rec.finished(done.trial_id)
+    store.put(diverged.trial_id, 1, None, epoch(1, float("nan"), float("nan")))
+    rec.result(diverged.trial_id, {**epoch(1, float("nan"), float("nan")), "attempt": 1})
+    store.finish(diverged.trial_id, "diverged")
+    rec.finished(diverged.trial_id)
+    store.put(stopped.trial_id, 1, b"ckpt", epoch(1, 10.0))
+    rec.result(stopped.trial_id, {**epoch(1, 10.0), "attempt": 1})
+    rec.finished(stopped.trial_id)        # ended by a scheduler: no outcome stored
+
+    trials = pd.read_parquet(rec.paths["trials"]).set_index("trial_id")
+    assert trials.loc[done.trial_id, "status"] == "completed"
+    assert trials.loc[diverged.trial_id, "status"] == "diverged"
+    assert trials.loc[stopped.trial_id, "status"] == "stopped"
+    assert trials.loc[done.trial_id, "best_epoch"] == 3          # epoch 2's 50 was replaced
+    assert trials.loc[done.trial_id, "best_val_acc1"] == 45.0
+    assert trials.loc[stopped.trial_id, "epochs_done"] == 1
+    metrics = pd.read_parquet(rec.paths["metrics"])
+    assert sorted(zip(metrics.trial_id, metrics.epoch)) == sorted(
+        [(done.trial_id, e) for e in (1, 2, 3)] + [(diverged.trial_id, 1), (stopped.trial_id, 1)])
+    row2 = metrics[(metrics.trial_id == done.trial_id) & (metrics.epoch == 2)]
+    assert row2.val_acc1.tolist() == [40.0]                      # last report wins
+
+    # A new driver: the stored epoch the old driver never recorded is filled in, the done
+    # and diverged trials are skipped, the stopped one runs again.
+    store.put(stopped.trial_id, 2, b"ckpt2", epoch(2, 12.0))
+    rec2 = Recorder("exp", tmp_path, [done, diverged, stopped], PROV)
+    assert [t.trial_id for t in rec2.pending()] == [stopped.trial_id]
+    assert {t.trial_id for t in rec2.skipped()} == {done.trial_id, diverged.trial_id}
+    metrics = pd.read_parquet(rec2.paths["metrics"])
+    assert (stopped.trial_id, 2) in set(zip(metrics.trial_id, metrics.epoch))
+    assert store.begin(stopped.trial_id) == {"attempt": 2, "epoch": 2, "checkpoint": b"ckpt2"}
+    assert math.isnan(pd.read_parquet(rec2.paths["trials"]).set_index("trial_id")
+                      .loc[diverged.trial_id, "best_val_acc1"])
