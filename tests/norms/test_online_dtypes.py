@@ -1,0 +1,82 @@
+"""OnlineNorm2d in float32/float16/bfloat16 and channels_last agrees with its float64 result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from norms import OnlineNorm2d
+
+SHAPE = (8, 4, 5, 6)
+CLAMP = 1.5
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    return float((actual - expected).abs().max() / expected.abs().max())
+
+
+def train_steps(dtype: torch.dtype, channels_last: bool, ecm: str, clamp: float,
+                steps: int = 3) -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    layer = OnlineNorm2d(SHAPE[1], alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, clamp_val=clamp)
+    with torch.no_grad():
+        layer.weight.copy_(1 + 0.3 * torch.randn(SHAPE[1], generator=gen))
+        layer.bias.copy_(0.3 * torch.randn(SHAPE[1], generator=gen))
+    results = []
+    for _ in range(steps):
+        x64 = 2 * torch.randn(SHAPE, generator=gen, dtype=torch.float64) + 1
+        g64 = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
+        x, g = x64.to(dtype), g64.to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            g = g.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        layer.weight.grad = layer.bias.grad = None
+        out = layer.train()(x)
+        out.backward(g)
+        layer.eval()
+        with torch.no_grad():
+            evaluated = layer(x.detach())
+        results.append({"out": out.detach(), "grad_x": x.grad, "eval": evaluated,
+                        "grad_weight": layer.weight.grad.clone(),
+                        "m": layer.m.clone(), "v": layer.v.clone()})
+    return results
+
+
+@pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
+@pytest.mark.parametrize("dtype,channels_last,tol", [
+    (torch.float32, False, 1e-5), (torch.float32, True, 1e-5), (torch.float64, True, 1e-10),
+    (torch.float16, False, 2e-2), (torch.bfloat16, False, 6e-2), (torch.bfloat16, True, 6e-2)])
+def test_matches_float64(dtype: torch.dtype, channels_last: bool, tol: float, ecm: str) -> None:
+    # In half precision an output rounded across the clamp edge switches its gradient on or
+    # off (an O(1) change), so there the clamp is set wide enough never to act.
+    clamp = CLAMP if dtype in (torch.float32, torch.float64) else 50.0
+    expected = train_steps(torch.float64, False, ecm, clamp)
+    actual = train_steps(dtype, channels_last, ecm, clamp)
+    for step, (got, want) in enumerate(zip(actual, expected)):
+        assert got["out"].dtype == dtype and got["grad_x"].dtype == dtype
+        assert got["grad_weight"].dtype == torch.float32
+        if channels_last:
+            assert got["out"].is_contiguous(memory_format=torch.channels_last)
+        if ecm == "ac" and clamp == CLAMP:
+            assert bool((want["out"].abs() == CLAMP).any())  # the clamp is exercised
+        for key in want:
+            got_value, want_value = got[key], want[key]
+            assert rel_err(got_value, want_value) < tol, (step, key)
+
+
+def test_cancellation_in_float32_statistics() -> None:
+    # A large common offset: E[x^2] - E[x]^2 from float32 sums would lose most digits.
+    gen = torch.Generator().manual_seed(2)
+    x64 = 1e3 + torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64)
+    for channels_last in (False, True):
+        outs = []
+        for dtype in (torch.float64, torch.float32):
+            layer = OnlineNorm2d(3, alpha_fwd=0.5, ecm="none")
+            x = x64.to(dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            layer(x)
+            outs.append(layer.var.clone())
+        assert rel_err(outs[1], outs[0]) < 1e-5

@@ -1,0 +1,103 @@
+"""Online norm state survives deep copies, whole-model pickling and state_dict round trips."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import torch
+from torch import nn
+
+from norms import OnlineNorm1d, OnlineNorm2d
+
+BUFFERS = ("m", "var", "u", "v")
+
+
+def small_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), OnlineNorm2d(4, alpha_fwd=0.9),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), OnlineNorm1d(5))
+
+
+def train_step(model: nn.Module, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(6, 3, 6, 6, generator=gen)
+    model.train()
+    out = model(x)
+    out.backward(torch.randn(out.shape, generator=gen))
+    return out.detach()
+
+
+def norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{i}.{name}": getattr(module, name).clone() for i, module in enumerate(model)
+            if isinstance(module, (OnlineNorm1d, OnlineNorm2d)) for name in BUFFERS}
+
+
+def test_deep_copy_has_independent_statistics() -> None:
+    model = small_model()
+    train_step(model, 0)
+    before = norm_buffers(model)
+    twin = copy.deepcopy(model)
+    train_step(twin, 1)
+    for key, value in norm_buffers(model).items():
+        assert torch.equal(value, before[key]), f"training the copy changed the original {key}"
+    changed = norm_buffers(twin)
+    assert all(not torch.equal(changed[k], before[k]) for k in before if k.endswith((".m", ".v")))
+    # The copy and an original trained the same way stay identical.
+    train_step(model, 1)
+    for key, value in norm_buffers(model).items():
+        assert torch.equal(value, changed[key])
+
+
+def test_whole_model_save_load_continues_identically() -> None:
+    model = small_model()
+    train_step(model, 0)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert all(torch.equal(a, b) for a, b in zip(norm_buffers(model).values(),
+                                                 norm_buffers(loaded).values()))
+    out_original, out_loaded = train_step(model, 1), train_step(loaded, 1)
+    assert torch.equal(out_original, out_loaded)
+    assert all(torch.equal(a, b) for a, b in zip(norm_buffers(model).values(),
+                                                 norm_buffers(loaded).values()))
+
+
+def test_state_dict_round_trip() -> None:
+    model = small_model()
+    train_step(model, 0)
+    state = model.state_dict()
+    for i, module in enumerate(model):
+        if isinstance(module, (OnlineNorm1d, OnlineNorm2d)):
+            assert {f"{i}.{name}" for name in BUFFERS + ("weight", "bias")} <= set(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    fresh = small_model()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(train_step(model, 1), train_step(fresh, 1))
+    for a, b in zip(norm_buffers(model).values(), norm_buffers(fresh).values()):
+        assert torch.equal(a, b)
+
+
+def test_eval_changes_no_state_and_buffers_are_float32() -> None:
+    model = small_model()
+    train_step(model, 0)
+    before = norm_buffers(model)
+    model.eval()
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    for key, value in norm_buffers(model).items():
+        assert value.dtype == torch.float32
+        assert torch.equal(value, before[key])
+
+
+def test_state_carries_across_batches() -> None:
+    # Two batches of 3 give the same forward state as one batch of 6 (samples in order).
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64)
+    whole, split = OnlineNorm2d(2, alpha_fwd=0.7), OnlineNorm2d(2, alpha_fwd=0.7)
+    out_whole = whole(x)
+    out_split = torch.cat([split(x[:3]), split(x[3:])])
+    # Within the split run, the state is rounded to float32 between the batches.
+    assert torch.allclose(out_whole, out_split, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(whole.m, split.m) and torch.allclose(whole.var, split.var)
