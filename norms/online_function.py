@@ -46,23 +46,26 @@ class OnlineNormFunction(torch.autograd.Function):
         w = weight.detach().double() if weight is not None else None
         b = bias.detach().double() if bias is not None else None
         a0 = r * w if w is not None else r         # z = a0*x + b0 = w*y + b
-        b0 = -a0 * m_i
+        b0 = a0 * -m_i
         if b is not None:
             b0 += b
-        f = None
+        mean_y = r * d                              # E_hw[y] and E_hw[y^2] per (n, c)
+        mean_y2 = r.square().mul_(torch.addcmul(s2, d, d))
+        mean_z = torch.addcmul(b0, a0, mu)          # E_hw[z]
+        k_scale = f = None
         scale, shift = a0, b0
         if ecm == "ls":
-            # E_hw[z^2] = Var(z) + E[z]^2 = a0^2*s2 + (a0*(mu - m_i) + b)^2, no pass needed.
-            mean_z = torch.addcmul(b0, a0, mu)
-            mean_z2 = torch.addcmul(mean_z.square_(), a0.square(), s2)
+            # E_hw[z^2] = Var(z) + E[z]^2 = a0^2*s2 + E[z]^2, no pass over x needed.
+            mean_z2 = torch.addcmul(mean_z.square(), a0.square(), s2)
             f = mean_z2.mean(1, keepdim=True).add_(ls_eps).rsqrt_()
+            k_scale = f.pow(3).div_(x.shape[1] * x.shape[2] * x.shape[3])
             scale, shift = a0 * f, b0 * f
         out = passes.scale_shift(x, scale, shift)
         if ecm == "ac":
             out.clamp_(-clamp_val, clamp_val)
 
         ctx.save_for_backward(x, weight, bias)
-        ctx.small = (mu, s2, d, r, w, a0, b0, f)
+        ctx.small = (mu, s2, d, m_i, r, w, a0, b0, mean_y, mean_y2, mean_z, f, k_scale, scale)
         ctx.state = (u, v)
         ctx.config = (alpha_bkw, ecm, clamp_val)
         return out
@@ -70,7 +73,7 @@ class OnlineNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
-        mu, s2, d, r, w, a0, b0, f = ctx.small
+        mu, s2, d, m_i, r, w, a0, b0, mean_y, mean_y2, mean_z, f, k_scale, scale = ctx.small
         u, v = ctx.state
         beta, ecm, clamp_val = ctx.config
         hw = x.shape[2] * x.shape[3]
@@ -83,18 +86,16 @@ class OnlineNormFunction(torch.autograd.Function):
         # sum_hw G and sum_hw G*(x - mu), per (n, c).
         sum_g, sum_gxc = passes.grad_sums(grad, x, mu)
 
-        # dL/dz = alpha*G + beta_*x + gamma per (n, c), z = w*y + b the affine output.
-        beta_ = gamma = None
+        # dz = dL/dz, z = w*y + b the affine output; with ls, dz = f*G - k*z where
+        # k = f^3/M * sum_(c,hw) G*z (M = C*H*W) per sample, since out = f*z.
         if ecm == "ls":
-            # out = z*f: dL/dz = f*G - f^3/M * sum(G*z) * z, with M = C*H*W.
-            sum_gz = (a0 * (sum_gxc + mu * sum_g) + b0 * sum_g).sum(1, keepdim=True)
-            k = f.pow(3) * sum_gz / (x.shape[1] * hw)
-            alpha, beta_, gamma = f, -k * a0, -k * b0
-            sum_dz = alpha * sum_g + (beta_ * mu + gamma) * hw
-            # sum dz*(x - mu): the x term gives beta_*hw*s2, the constant term nothing.
-            sum_dzxc = alpha * sum_gxc + beta_ * hw * s2
+            sum_gz = torch.addcmul(a0 * sum_gxc, mean_z, sum_g).sum(1, keepdim=True)
+            k = k_scale * sum_gz
+            sum_dz = torch.addcmul(f * sum_g, k, mean_z, value=-hw)
+            # sum dz*(x - mu) = f*sum G*(x - mu) - k*a0*sum (x - mu)^2
+            sum_dzxc = torch.addcmul(f * sum_gxc, k * a0, s2, value=-hw)
         else:
-            alpha = None
+            k = None
             sum_dz, sum_dzxc = sum_g, sum_gxc
         sum_dzy = r * torch.addcmul(sum_dzxc, d, sum_dz)   # sum_hw dz*y, y = (x - m_i)*r
 
@@ -103,30 +104,26 @@ class OnlineNormFunction(torch.autograd.Function):
 
         # The control process on g = w*dz, the gradient at the core output y.
         one_b = 1.0 - beta
-        mean_g = sum_dz / hw
-        mean_gy = sum_dzy / hw
-        if w is not None:
-            mean_g, mean_gy = mean_g * w, mean_gy * w
-        mean_y = r * d
-        mean_y2 = r.square() * torch.addcmul(s2, d, d)
-        v_all = varying_decay(v.double(), 1.0 - one_b * mean_y2, mean_gy)
+        w_hw = w / hw if w is not None else 1.0 / hw
+        mean_g = sum_dz * w_hw
+        v_all = varying_decay(v.double(), 1.0 - one_b * mean_y2, sum_dzy * w_hw)
         v_i = v_all[:-1]
-        mean_t = mean_g - one_b * v_i * mean_y
+        mean_t = torch.addcmul(mean_g, v_i, mean_y, value=-one_b)
         u_all = constant_decay(u.double(), r * mean_t, beta, 1.0)
         u.copy_(u_all[-1])
         v.copy_(v_all[-1])
 
         grad_x = None
         if ctx.needs_input_grad[0]:
-            # grad_x = r*g - (1-b)*v*r^2*(x - m_i) - (1-b)*u, g = w*(alpha*G + beta_*x + gamma)
-            rw = r * w if w is not None else r
-            vr2 = one_b * v_i * r.square()
-            m_i = mu - d
-            p = rw * alpha if alpha is not None else rw
+            # grad_x = r*g - (1-b)*v*r^2*(x - m_i) - (1-b)*u, g = w*dz:
+            # G's coefficient is r*w*f = scale, x's is -(1-b)*v*r^2 - k*r*w*a0, and the rest
+            # (1-b)*v*r^2*m_i - (1-b)*u - k*r*w*b0.
+            vr2 = (one_b * v_i) * r.square()
             q = -vr2
-            c = vr2 * m_i - one_b * u_all[:-1]
-            if beta_ is not None:
-                q = q + rw * beta_
-                c = c + rw * gamma
-            grad_x = passes.combine(grad, x, p, q, c)
+            c = torch.add(vr2 * m_i, u_all[:-1], alpha=-one_b)
+            if k is not None:
+                ka0 = k * a0
+                q = q - ka0 * a0
+                c = c - ka0 * b0
+            grad_x = passes.combine(grad, x, scale, q, c)
         return (grad_x, grad_weight, grad_bias) + (None,) * 10

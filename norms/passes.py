@@ -64,15 +64,17 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """x * scale[n, c] + shift[n, c] in x's dtype and memory format; scale, shift (N, C)."""
-    if _fast(x):
-        flat = _flat_channels(x)
-        nc = flat.shape[1]
-        zeros = _constant(0.0, nc, x.dtype, x.device)
-        ones = _constant(1.0, nc, x.dtype, x.device)
-        out = torch.batch_norm(flat, scale.to(x.dtype).view(nc), shift.to(x.dtype).view(nc),
-                               zeros, ones, False, 0.0, 0.0, False)
-        return out.view(x.shape)
     out = torch.empty_like(x)
+    if _fast(x):
+        nc = scale.numel()
+        # The out= form writes into `out` itself: a view returned from the autograd
+        # Function could not be modified in place (by an inplace ReLU, say).
+        torch.ops.aten.native_batch_norm.out(
+            _flat_channels(x), scale.to(x.dtype).view(nc), shift.to(x.dtype).view(nc),
+            _constant(0.0, nc, x.dtype, x.device), _constant(1.0, nc, x.dtype, x.device),
+            False, 0.0, 0.0, out=_flat_channels(out), save_mean=torch.empty(0, dtype=x.dtype),
+            save_invstd=torch.empty(0, dtype=x.dtype))
+        return out
     return torch.addcmul(shift.to(x.dtype)[:, :, None, None], x,
                          scale.to(x.dtype)[:, :, None, None], out=out)
 

@@ -101,3 +101,15 @@ def test_state_carries_across_batches() -> None:
     # Within the split run, the state is rounded to float32 between the batches.
     assert torch.allclose(out_whole, out_split, rtol=1e-5, atol=1e-6)
     assert torch.allclose(whole.m, split.m) and torch.allclose(whole.var, split.var)
+
+
+def test_inplace_activation_after_the_layer() -> None:
+    # Models apply ReLU(inplace=True) to the norm's output: it must not be a view.
+    for layer, shape in ((OnlineNorm2d(3), (4, 3, 5, 5)), (OnlineNorm1d(3), (4, 3))):
+        x = torch.randn(shape, requires_grad=True)
+        expected = torch.relu(layer.train()(x))
+        layer.reset_running_stats()
+        out = nn.ReLU(inplace=True)(layer(x))
+        assert torch.equal(out, expected)
+        out.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
