@@ -82,6 +82,9 @@ class Experiment:
 
 KindParser = Callable[[str, dict[str, Any], dict[str, Any]], Experiment]
 KINDS: dict[str, tuple[KindParser, dict[str, str]]] = {}
+# Modules that may register more kinds (e.g. `tune`) when imported; a missing one is skipped.
+# They must stay light to import (no torch/ray at module level): --dry-run imports them.
+KIND_MODULES = ("orchestrator.tuning",)
 
 
 def register_kind(name: str, parser: KindParser, keys: dict[str, str]) -> None:
@@ -276,8 +279,20 @@ def parse_experiment(name: str, raw: Any, base_dir: Path) -> Experiment:
     return parser(name, parse_common(name, raw, base_dir), raw)
 
 
+def load_kind_plugins() -> None:
+    import importlib
+
+    for name in KIND_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+
+
 def parse_document(doc: Any, base_dir: Path) -> dict[str, Experiment]:
     """Top-level mapping name -> experiment; names starting with '_' hold YAML anchors only."""
+    load_kind_plugins()
     if not isinstance(doc, dict) or not doc:
         raise UserError("experiments file: expected a mapping of experiment names to "
                         "experiments, e.g. `demo: {dataset: cifar10, ...}`")

@@ -44,13 +44,14 @@ class LiveView:
 
         table = Table(title=self.title, title_justify="left")
         for col in ("trial", "norm", "options", "seed", "state", "epoch", "val acc1", "tries"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col != "options")
         for trial_id, spec in recorder.specs.items():
             row = recorder.rows[trial_id]
             status = row["status"]
             last = recorder.metrics.get((trial_id, int(row["epochs_done"])))
             acc_text = f"{last['val_acc1']:.2f}" if last else "-"
-            table.add_row(trial_id, spec.config.norm, describe_options(spec.config),
+            options = describe_options(spec.config).replace("afwd=", "a=").replace("abkw=", "b=")
+            table.add_row(trial_id, spec.config.norm, options,
                           str(spec.config.seed), f"[{STYLE.get(status, '')}]{status}[/]",
                           f"{row['epochs_done']}/{row['epochs']}", acc_text,
                           str(row["attempts"]))

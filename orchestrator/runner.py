@@ -9,6 +9,7 @@ Parquet files, never in Tune's experiment state, so a SIGKILLed driver loses not
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -38,8 +39,6 @@ class RunSummary:
 
 def connect(address: str | None) -> bool:
     """Join the cluster at `address`/RAY_ADDRESS or start a local Ray; True if we started it."""
-    import logging
-
     import ray
 
     if ray.is_initialized():
@@ -124,13 +123,17 @@ def make_callback(recorder: Recorder, max_failures: int):
 
 
 def error_text(trial) -> str:
-    """The last meaningful line of the trial's error file (the exception message)."""
+    """The exception line of the trial's error file, and where the full traceback is."""
     path = trial.error_file
     try:
         lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
     except (OSError, TypeError):
         return "trial failed (no error file)"
-    return lines[-1][:500] if lines else "trial failed"
+    # Ray's "actor died" messages run to a paragraph: their first sentence says enough.
+    message = lines[-1] if lines else "trial failed"
+    if len(message) > 300:
+        message = message[:300].rsplit(" ", 1)[0] + " ..."
+    return f"{message} (traceback: {path})"
 
 
 def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path, *,
@@ -191,6 +194,9 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
         )
         # Tune's legacy reporter at verbose=0 prints nothing; the live view shows progress.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Each failed attempt is shown as one line by the live view and its traceback kept
+        # in the trial's error file; Tune would print every traceback on the screen too.
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         live.start(recorder)
         try:
             tuner.fit()
