@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.experiments import Experiment
@@ -60,10 +61,11 @@ def expand(experiment: Experiment, *, data_dir: str | None = None, cpu_only: boo
     """One trial per (cell, seed), in file order; duplicate configs are kept once."""
     trials: list[TrialSpec] = []
     seen: set[str] = set()
+    data_dir = data_folder(experiment, data_dir)
     for cell in experiment.cells:
         for seed in cell.seeds:
             values = {**experiment.settings, **cell.options, "seed": seed}
-            config = make_config(experiment.dataset, data_dir or experiment.data_dir, **values)
+            config = make_config(experiment.dataset, data_dir, **values)
             resources = dict(cell.resources)
             if cpu_only:
                 resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0}
@@ -74,10 +76,21 @@ def expand(experiment: Experiment, *, data_dir: str | None = None, cpu_only: boo
     return trials
 
 
+def data_folder(experiment: Experiment, data_dir: str | None = None) -> str:
+    """The trials' data folder; a generated dataset gets a sub-folder named by its size,
+    so changing the size in experiments.yaml never reuses data written for another size."""
+    root = data_dir or experiment.data_dir
+    if experiment.synthetic:
+        s = experiment.synthetic
+        return str(Path(root) / f"synthetic-{s['n_train']}-{s['n_test']}")
+    return root
+
+
 def describe_options(config: TrialConfig) -> str:
     """The normalizer's own options, e.g. 'afwd=1023/1024 abkw=127/128 ecm=ls'."""
     if config.norm == "online":
-        return f"afwd={fraction_text(config.afwd)} abkw={fraction_text(config.abkw)} ecm={config.ecm}"
+        return (f"afwd={fraction_text(config.afwd)} abkw={fraction_text(config.abkw)} "
+                f"ecm={config.ecm}")
     if config.norm == "group":
         return f"groups={config.gn_num_groups}"
     return ""

@@ -94,7 +94,7 @@ def start_store(checkpoint_dir: Path, name: str):
     return actor
 
 
-def make_callback(recorder: Recorder, max_failures: int):
+def make_callback(recorder: Recorder):
     from ray import tune
 
     def trial_key(trial) -> str:
@@ -146,8 +146,11 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
     """Run the trials that are not done yet; return the count of trials by final status.
 
     `scheduler`/`search_alg` are handed to Tune (e.g. ASHA for tuning; `metric`/`mode` then
-    apply). A trial a scheduler ends early is recorded as 'stopped'. `hooks` are test-only
-    (e.g. {"exit_after_epoch": 2} kills the worker once on the first attempt).
+    apply). Give schedulers `time_attr="epoch"`: a resumed trial's training_iteration restarts
+    at 1 while its epoch does not. The param space is a grid over the trials' payloads, so a
+    search_alg must accept grid_search (BasicVariantGenerator, or one wrapped in a
+    ConcurrencyLimiter). A trial a scheduler ends early is recorded as 'stopped'. `hooks` are
+    test-only (e.g. {"exit_after_epoch": 2} kills the worker once on the first attempt).
     """
     results_dir = Path(results_dir).resolve()
     live = live or LiveView(experiment)
@@ -190,7 +193,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
             run_config=tune.RunConfig(
                 name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(recorder.paths["ray"]),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                callbacks=[make_callback(recorder, max_failures)], verbose=0),
+                callbacks=[make_callback(recorder)], verbose=0),
         )
         # Tune's legacy reporter at verbose=0 prints nothing; the live view shows progress.
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

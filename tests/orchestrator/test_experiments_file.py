@@ -54,7 +54,7 @@ def test_trial_id_ignores_where_the_data_lives_but_not_settings(tmp_path):
     assert make_trial_id(changed, a[0].synthetic) != a[0].trial_id
     assert make_trial_id(a[0].config.replace(workers=7), a[0].synthetic) == a[0].trial_id
     # relative data_dir resolves against the yaml's folder
-    assert a[0].config.data_dir == str((tmp_path / "data").resolve())
+    assert a[0].config.data_dir == str((tmp_path / "data" / "synthetic-128-64").resolve())
 
 
 def test_cpu_only_drops_gpus(tmp_path):
@@ -132,5 +132,6 @@ def test_fraction_strings_are_exact_and_code_is_not_evaluated(capsys, tmp_path):
     exps = load_experiments(tiny_yaml(tmp_path / "e.yaml"))
     online = [t for t in expand(exps["tiny"]) if t.config.norm == "online"][0]
     assert online.config.afwd == 1023 / 1024
-    code, err = run_cli(capsys, tmp_path, GOOD.replace("epochs: 3", "epochs: 3, afwd: '1 - 2**-10'"))
+    body = GOOD.replace("epochs: 3", "epochs: 3, afwd: '1 - 2**-10'")
+    code, err = run_cli(capsys, tmp_path, body)
     assert code != 0 and "settings.afwd" in err

@@ -35,10 +35,11 @@ def test_fractional_gpu_trials_share_gpus_across_two_nodes(two_node_cluster, tmp
     assert (rows.gpu_ids != "").all()             # every trial was given a (logical) GPU
     shared = False
     for _, group in rows.groupby("node_id"):
-        assert len(group) == 2 and group.gpu_ids.nunique() == 1   # two trials, one GPU
-        a, b = group.to_dict("records")
-        # they ran at the same time: each started before the other finished
-        shared |= a["started_at"] < b["updated_at"] and b["started_at"] < a["updated_at"]
+        assert group.gpu_ids.nunique() == 1       # one GPU per node: every trial there used it
+        runs = group.to_dict("records")
+        # two of them ran at the same time: each started before the other finished
+        shared |= any(a["started_at"] < b["updated_at"] and b["started_at"] < a["updated_at"]
+                      for i, a in enumerate(runs) for b in runs[i + 1:])
     assert shared
     metrics = pd.read_parquet(summary.paths["metrics"])   # all records reached the driver
     assert sorted(zip(metrics.trial_id, metrics.epoch)) == sorted(
