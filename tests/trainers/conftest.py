@@ -42,3 +42,13 @@ def tiny_cifar(cifar10_dir):
         values.update(overrides)
         return make_config("cifar10", str(cifar10_dir), **values)
     return make
+
+
+@pytest.fixture(scope="session")
+def imagenet64_dir(tmp_path_factory) -> Path:
+    """64-pixel images: ResNet-18's last stage is then 2x2, not 1x1 (instance norm needs it)."""
+    from trainers.data.synthetic import write_synthetic_imagenet
+    root = tmp_path_factory.mktemp("imagenet64")
+    write_synthetic_imagenet(root, classes=4, n_train_per_class=32, n_val_per_class=16,
+                             image_size=64, seed=0)
+    return root
