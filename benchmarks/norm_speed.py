@@ -2,7 +2,7 @@
 training step with Online Normalization against the same step with batch norm.
 
 Every ratio is measured against a baseline timed in the same run, interleaved with it so
-machine noise hits both alike. Usage: python -m benchmarks.norm_speed [--quick]
+machine noise hits both alike. Usage: python -m benchmarks.norm_speed [--quick] [--threads N]
 """
 
 from __future__ import annotations
@@ -81,8 +81,12 @@ def bench_resnet20(warmup: int, repeats: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: torch's own choice)")
     args = parser.parse_args(argv)
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warmup, repeats = (1, 3) if args.quick else (3, 15)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, train mode, "
           f"forward+backward, median of {repeats} interleaved repeats")

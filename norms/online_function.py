@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from norms import passes
 from norms.recurrences import constant_decay, varying_decay
@@ -71,6 +72,7 @@ class OnlineNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
         mu, s2, d, m_i, r, w, a0, b0, mean_y, mean_y2, mean_z, f, k_scale, scale = ctx.small
