@@ -52,8 +52,27 @@ def check_data(experiment, trials) -> str | None:
     data_dir = Path(trials[0].config.data_dir)
     if not data_dir.is_dir():
         return (f"experiment {experiment.name!r}: data_dir {str(data_dir)!r} does not exist: "
-                f"put the {experiment.dataset} dataset there, or pass --data-dir DIR")
+                f"put the {experiment.dataset} dataset there (for CIFAR an empty folder "
+                "lets torchvision download it), or pass --data-dir DIR")
+    if experiment.dataset == "imagenet":
+        missing = [d for d in ("train", "val") if not (data_dir / d).is_dir()]
+        if missing:
+            return (f"experiment {experiment.name!r}: data_dir {str(data_dir)!r} lacks "
+                    f"{' and '.join(missing)}/: it must hold train/ and val/ ImageFolders")
     return None
+
+
+def fetch_cifar_once(experiment, trials) -> None:
+    """Download CIFAR here, once, rather than in every trial at the same time."""
+    from trainers.data.cifar_format import LAYOUTS
+
+    layout = LAYOUTS.get(experiment.dataset)
+    data_dir = Path(trials[0].config.data_dir)
+    if layout is None or experiment.synthetic or (data_dir / layout.folder).is_dir():
+        return
+    from trainers.data.cifar import load_cifar
+
+    load_cifar(data_dir, experiment.dataset)   # UserError when offline: names the fix
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -71,6 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if problem:
         raise UserError(problem)
+    fetch_cifar_once(experiment, trials)
     if experiment.synthetic:
         from orchestrator.demo_data import ensure_synthetic_cifar
 

@@ -29,6 +29,6 @@ def print_plan(experiment, trials: list[TrialSpec], results_dir: Path) -> None:
         table.add_row(t.trial_id, c.dataset, arch, c.norm, describe_options(c), str(c.seed),
                       str(c.epochs), f"{t.resources['cpu']:g}", f"{t.resources['gpu']:g}",
                       f"{state} {detail}".strip())
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 140))
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
