@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +184,10 @@ class _Trainer:
 
     def run_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
         if epoch > 1:
-            self.scheduler.step()
+            with warnings.catch_warnings():
+                # after a resume the fresh optimizer has not stepped yet; the order is right
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                self.scheduler.step()
         lr = float(self.optimizer.param_groups[0]["lr"])
         start = time.perf_counter()
         train_meter, diverged = self.train_epoch(epoch)
