@@ -94,17 +94,23 @@ def init_weights(model: nn.Module) -> None:
     parameters not yet materialized (layer norm before its first input) are skipped here and
     initialized by `build_model` after materialization.
     """
-    from torch.nn.parameter import UninitializedParameter
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif is_norm_module(module):
-            for name, value in (("weight", 1.0), ("bias", 0.0)):
-                param = getattr(module, name, None)
-                if isinstance(param, torch.Tensor) and not isinstance(param,
-                                                                     UninitializedParameter):
-                    with torch.no_grad():
-                        param.fill_(value)
+    init_norms(model)
+
+
+def init_norms(model: nn.Module) -> None:
+    """Weight 1 and bias 0 on every normalizer's affine that exists yet."""
+    from torch.nn.parameter import UninitializedParameter
+    for module in model.modules():
+        if not is_norm_module(module):
+            continue
+        for name, value in (("weight", 1.0), ("bias", 0.0)):
+            param = getattr(module, name, None)
+            if isinstance(param, torch.Tensor) and not isinstance(param, UninitializedParameter):
+                with torch.no_grad():
+                    param.fill_(value)
 
 
 def build_cifar_resnet(depth: int, num_classes: int, norm_layer: NormLayer) -> nn.Module:
@@ -168,23 +174,19 @@ def build_model(config: "TrialConfig", num_classes: int, input_size: int) -> nn.
                                         gn_num_groups=config.gn_num_groups)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if config.dataset == "imagenet":
-        model = build_imagenet_resnet(config.arch, num_classes, norm_layer)
-    else:
-        model = build_cifar_resnet(config.depth, num_classes, norm_layer)
+    try:
+        if config.dataset == "imagenet":
+            model = build_imagenet_resnet(config.arch, num_classes, norm_layer)
+        else:
+            model = build_cifar_resnet(config.depth, num_classes, norm_layer)
+    except ValueError as err:
+        if config.norm != "group":
+            raise
+        # torch's GroupNorm refuses channel counts that the group count does not divide
+        raise UserError(f"gn_num_groups {config.gn_num_groups} does not divide every layer's "
+                        f"channel count ({err}): use a power of two such as 8 or 32") from None
     norms.materialize(model, torch.zeros(1, 3, input_size, input_size))
-    init_weights_norm_only(model)
+    init_norms(model)  # layer norm's per-element affine exists only now
     if pretrained:
         _load_pretrained(model, pretrained)
     return model
-
-
-def init_weights_norm_only(model: nn.Module) -> None:
-    """Set weight 1 / bias 0 on normalizers again, covering parameters just materialized."""
-    for module in model.modules():
-        if is_norm_module(module):
-            for name, value in (("weight", 1.0), ("bias", 0.0)):
-                param = getattr(module, name, None)
-                if isinstance(param, torch.Tensor):
-                    with torch.no_grad():
-                        param.fill_(value)

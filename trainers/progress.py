@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 
 class _Silent:
@@ -40,5 +40,3 @@ def epoch_progress(enabled: bool, title: str, total: int) -> Iterator[_Silent | 
 def default_progress() -> bool:
     return sys.stderr.isatty()
 
-
-Log = Callable[[str], None]

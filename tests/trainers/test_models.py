@@ -114,3 +114,8 @@ def test_pretrained_loads_cached_weights(tmp_path, monkeypatch):
     model = build_model(config, num_classes=1000, input_size=32)
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
     assert torch.equal(model.fc.bias, reference.fc.bias)
+
+
+def test_group_count_must_divide_channels():
+    with pytest.raises(UserError, match="gn_num_groups 3 does not divide"):
+        build_model(_config("cifar10", "group", depth=8, gn_num_groups=3), 10, 32)
