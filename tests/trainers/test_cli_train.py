@@ -134,6 +134,11 @@ def test_imagenet_folders_train(imagenet_dir, tmp_path):
     state = torch.load(md / "checkpoint.pth.tar", weights_only=True)
     assert state["model"]["fc.weight"].shape == (4, 512)
     assert state["config"]["gn_num_groups"] == 4
+    # ImageNet's default --norm-weight-decay exempt: group norm parameters get no decay
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0]
+    n_norm_params = 2 * (1 + 2 * 8 + 3)   # stem, 8 blocks x 2, 3 projections
+    assert len(groups[1]["params"]) == n_norm_params
 
 
 def test_divergence_has_its_own_exit_code(cifar10_dir, tmp_path, capsys):
