@@ -8,6 +8,7 @@ machine noise hits both alike. Usage: python -m benchmarks.norm_speed [--quick] 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Callable
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup, repeats = (1, 3) if args.quick else (3, 15)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, train mode, "
           f"forward+backward, median of {repeats} interleaved repeats")
+    # Other processes competing for the cores distort multithreaded timings badly.
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     header = f"{'shape':<20}" + "".join(f"{label:>20}" for label, _, _ in NORMS)
     print(header)
     for shape in SHAPES:
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = steps["online ls"] / steps["batch"]
     print(f"ResNet-20 SGD step, batch 128, 32x32: batch norm {steps['batch'] * 1e3:.1f} ms, "
           f"online (ecm ls) {steps['online ls'] * 1e3:.1f} ms, ratio {ratio:.3f}x")
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
     return 0
 
 
