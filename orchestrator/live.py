@@ -50,7 +50,8 @@ class LiveView:
             status = row["status"]
             last = recorder.metrics.get((trial_id, int(row["epochs_done"])))
             acc_text = f"{last['val_acc1']:.2f}" if last else "-"
-            options = describe_options(spec.config).replace("afwd=", "a=").replace("abkw=", "b=")
+            options = (describe_options(spec.config).replace("afwd=", "a=").replace("abkw=", "b=")
+                       .replace("ecm=", ""))
             table.add_row(trial_id, spec.config.norm, options,
                           str(spec.config.seed), f"[{STYLE.get(status, '')}]{status}[/]",
                           f"{row['epochs_done']}/{row['epochs']}", acc_text,
