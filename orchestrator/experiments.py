@@ -153,7 +153,7 @@ def parse_resources(exp: str, key: str, raw: Any, base: dict[str, float] | None 
 
 def parse_settings(exp: str, context: str, raw: dict[str, Any], extra_keys: tuple[str, ...] = ()
                    ) -> dict[str, Any]:
-    """TrialConfig fields with their types checked here (values are range-checked by TrialConfig)."""
+    """TrialConfig fields, type-checked here (TrialConfig checks their ranges)."""
     known = config_fields()
     allowed = [k for k in known if k not in RESERVED_SETTINGS] + list(extra_keys)
     check_keys(exp, context, raw, allowed)

@@ -86,7 +86,8 @@ class Recorder:
         self.write(metrics=True)
 
     def pending(self) -> list[TrialSpec]:
-        return [s for t, s in self.specs.items() if self.rows[t]["status"] not in self.skip_statuses]
+        return [s for t, s in self.specs.items()
+                if self.rows[t]["status"] not in self.skip_statuses]
 
     def skipped(self) -> list[TrialSpec]:
         return [s for t, s in self.specs.items() if self.rows[t]["status"] in self.skip_statuses]
