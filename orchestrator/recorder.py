@@ -128,10 +128,24 @@ class Recorder:
         self._update_progress(trial_id)
         # an attempt that found nothing left to train reported no epoch: take it from the store
         attempts = max(int(self.rows[trial_id]["attempts"]), state["attempts"])
-        self._set(trial_id, status=state["outcome"] or "stopped", error="", attempts=attempts,
-                  start_epoch=max(int(state["start_epoch"]), 0))
+        self._set(trial_id, status=state["outcome"] or self._outcome_of_stopped(trial_id),
+                  error="", attempts=attempts, start_epoch=max(int(state["start_epoch"]), 0))
         self.write(metrics=True)
         self.on_change(self, f"{trial_id} {self.rows[trial_id]['status']}")
+
+    def _outcome_of_stopped(self, trial_id: str) -> str:
+        """A trial Tune ended before the trainable returned (a scheduler stopped it).
+
+        A scheduler may stop it at its very last epoch (ASHA does at max_t) or at the epoch
+        whose loss was not finite: those are completed and diverged as if it had returned.
+        """
+        row = self.rows[trial_id]
+        last = self.metrics.get((trial_id, int(row["epochs_done"])))
+        if last is not None and not math.isfinite(last["train_loss"]):
+            return "diverged"
+        if int(row["epochs_done"]) >= int(row["epochs"]):
+            return "completed"
+        return "stopped"
 
     def errored(self, trial_id: str, error: str, final: bool) -> None:
         self._set(trial_id, status="failed" if final else "running", error=error)

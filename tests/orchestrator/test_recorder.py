@@ -66,3 +66,16 @@ def test_statuses_dedup_and_reconcile_after_a_lost_driver(tmp_path):
     assert store.begin(stopped.trial_id) == {"attempt": 2, "epoch": 2, "checkpoint": b"ckpt2"}
     assert math.isnan(pd.read_parquet(rec2.paths["trials"]).set_index("trial_id")
                       .loc[diverged.trial_id, "best_val_acc1"])
+
+
+def test_a_scheduler_stop_at_the_last_epoch_counts_as_completed(tmp_path):
+    last, nan = (tiny_trial(tmp_path / "data", n, epochs=2) for n in ("batch", "group"))
+    rec = Recorder("exp", tmp_path, [last, nan], PROV)
+    for e in (1, 2):
+        rec.result(last.trial_id, {**epoch(e, 30.0 + e), "attempt": 1})
+    rec.result(nan.trial_id, {**epoch(1, 10.0, float("inf")), "attempt": 1})
+    rec.finished(last.trial_id)           # ASHA stops at max_t before the trainable returns
+    rec.finished(nan.trial_id)
+    trials = pd.read_parquet(rec.paths["trials"]).set_index("trial_id")
+    assert trials.loc[last.trial_id, "status"] == "completed"
+    assert trials.loc[nan.trial_id, "status"] == "diverged"
