@@ -112,7 +112,7 @@ class Recorder:
         changes.update({k: result[k] for k in ATTEMPT_KEYS if k in result})
         if "attempt" in result:
             changes["attempts"] = max(int(result["attempt"]), int(self.rows[trial_id]["attempts"]))
-        self._set(trial_id, status="running", **changes)
+        self._set(trial_id, write=False, status="running", **changes)
         self._update_progress(trial_id)
         self.write(metrics=True)
         row = self.rows[trial_id]
@@ -128,7 +128,8 @@ class Recorder:
         self._update_progress(trial_id)
         # an attempt that found nothing left to train reported no epoch: take it from the store
         attempts = max(int(self.rows[trial_id]["attempts"]), state["attempts"])
-        self._set(trial_id, status=state["outcome"] or self._outcome_of_stopped(trial_id),
+        self._set(trial_id, write=False,
+                  status=state["outcome"] or self._outcome_of_stopped(trial_id),
                   error="", attempts=attempts, start_epoch=max(int(state["start_epoch"]), 0))
         self.write(metrics=True)
         self.on_change(self, f"{trial_id} {self.rows[trial_id]['status']}")
@@ -179,11 +180,12 @@ class Recorder:
             "updated_at": time.time(),
         }
 
-    def _set(self, trial_id: str, **changes: Any) -> None:
+    def _set(self, trial_id: str, write: bool = True, **changes: Any) -> None:
         row = self.rows[trial_id]
         row.update(changes)
         row["updated_at"] = time.time()
-        self.write(metrics=False)
+        if write:
+            self.write(metrics=False)
 
     def _update_progress(self, trial_id: str) -> None:
         epochs = [(e, m) for (t, e), m in self.metrics.items() if t == trial_id]
@@ -206,5 +208,5 @@ class Recorder:
         trials["seed"] = trials["seed"].astype("Int64")
         trials["started_at"] = trials["started_at"].astype("float64")
         for col in ("depth", "epochs", "epochs_done", "best_epoch", "attempts", "start_epoch"):
-            trials[col] = trials[col].astype("int64")
+            trials[col] = trials[col].fillna(0).astype("int64")  # rows of older files
         write_parquet_atomic(trials, self.paths["trials"])
