@@ -1,5 +1,4 @@
-"""The passes over the big (N, C, H, W) tensors of Online Normalization, each done by the
-fastest available kernel.
+"""Online Normalization's passes over the big (N, C, H, W) tensors, by the fastest kernels.
 
 On CPU, for contiguous float32/float64 tensors, viewing (N, C, H, W) as one sample with N*C
 channels lets the native batch-norm kernels do the work: their eval-mode forward is a fused
