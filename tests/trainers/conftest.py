@@ -9,6 +9,17 @@ import pytest
 from trainers.config import make_config
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain little from intra-op threads, and when the cores are shared OpenMP's
+    waiting threads slow these steps several-fold; restored so other packages are unaffected."""
+    import torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory) -> Path:
     from trainers.data.synthetic import write_synthetic_cifar
