@@ -55,6 +55,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for reading
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -71,6 +72,7 @@ def save_checkpoint(state: dict[str, Any], model_dir: Path, is_best: bool) -> Pa
         os.close(fd)
         try:
             shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for reading
             os.replace(tmp, model_dir / BEST_NAME)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -67,6 +67,7 @@ def write_parquet_atomic(df: "pd.DataFrame", path: str | Path) -> None:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for reading
         os.replace(tmp, path)  # atomic within one filesystem: tmp is in the same folder
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -63,6 +63,7 @@ def test_nan_values_survive_the_round_trip(tmp_path):
 def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "m.parquet"
     write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path)
+    assert path.stat().st_mode & 0o777 == 0o644   # readable by others, unlike mkstemp's 0600
 
     def boom(self, *a, **k):
         with open(a[0], "wb") as f:
