@@ -32,6 +32,9 @@ from trainers.records import EPOCH_METRIC_KEYS, metric_row, upsert_rows
 
 METRICS_NAME = "metrics.parquet"
 Report = Callable[[dict, Path], None]
+# Settings whose values live on in the optimizer/scheduler state of a checkpoint.
+RECIPE_KEYS = ("lr", "momentum", "weight_decay", "lr_milestones", "lr_multiplier",
+               "batch_size", "norm_weight_decay")
 
 
 @dataclass
@@ -137,18 +140,17 @@ class _Trainer:
                             f"(norm={self.config.norm}, depth={self.config.depth}, "
                             f"arch={self.config.arch}): {first}; use the settings it was "
                             "saved with or another --model-dir") from None
-        self.optimizer_to_device()
+        saved = state["config"]
+        kept = [k for k in RECIPE_KEYS if k in saved and saved[k] != self.config.to_dict()[k]]
+        if kept:
+            # the optimizer and scheduler states carry the old recipe, as in the seed scripts
+            self.log(f"note: resuming with the checkpoint's {', '.join(kept)} "
+                     "(optimizer and lr schedule continue as saved)")
         set_rng_state(state["rng"])
         self.epochs_done = int(state["epoch"])
         self.best_acc1 = state.get("best_acc1")
         self.best_epoch = state.get("best_epoch")
         self.last_metrics = state.get("metrics")
-
-    def optimizer_to_device(self) -> None:
-        for buf in self.optimizer.state.values():
-            for key, value in buf.items():
-                if isinstance(value, torch.Tensor):
-                    buf[key] = value.to(self.device)
 
     def start_at(self, epochs_done: int) -> None:
         """A manual --start-epoch without a checkpoint: schedule as if epochs were done."""

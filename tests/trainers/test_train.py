@@ -143,3 +143,14 @@ def test_progress_bar_and_print_freq_lines(tiny_cifar, tmp_path):
     train(tiny_cifar(epochs=1), model_dir=tmp_path / "p", progress=True, print_freq=2,
           log=lines.append)
     assert len(lines) == 1   # the live bar replaces the per-batch lines
+
+
+def test_resume_with_another_recipe_says_the_checkpoint_wins(three_epochs, tmp_path):
+    config, model_dir, _, _, _ = three_epochs
+    lines: list[str] = []
+    train(config.replace(lr=0.5, epochs=4), model_dir=tmp_path, progress=False, print_freq=0,
+          resume=model_dir / "checkpoint.pth.tar", log=lines.append)
+    assert "checkpoint's lr" in lines[0]
+    df = pd.read_parquet(tmp_path / "metrics.parquet")
+    saved_lr = pd.read_parquet(model_dir / "metrics.parquet").lr.iloc[-1]
+    assert df.epoch.tolist() == [4] and df.lr.tolist() == [saved_lr]
