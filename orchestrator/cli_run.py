@@ -79,6 +79,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UserError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
     experiment, trials = load_trials(args)
+    if experiment.kind != "grid":
+        raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment: "
+                        f"run it with `onorm {experiment.kind} {experiment.name}`")
     results_dir = Path(args.results).expanduser().resolve()
     problem = check_data(experiment, trials)
     if args.dry_run:
@@ -88,6 +91,20 @@ def run_command(args: argparse.Namespace) -> int:
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
+    prepare_data(experiment, trials, problem)
+    write_resolved(experiment, trials, results_dir)
+    from orchestrator.runner import run_trials
+
+    summary = run_trials(
+        experiment.name, trials, results_dir, address=args.address,
+        max_concurrent=args.max_concurrent or experiment.max_concurrent,
+        max_failures=experiment.max_failures)
+    write_report(results_dir / experiment.name)
+    return print_summary(experiment, trials, summary)
+
+
+def prepare_data(experiment, trials, problem: str | None) -> None:
+    """Refuse a missing dataset; fetch CIFAR or write the synthetic one, once, here."""
     if problem:
         raise UserError(problem)
     fetch_cifar_once(experiment, trials)
@@ -95,25 +112,22 @@ def run_command(args: argparse.Namespace) -> int:
         from orchestrator.demo_data import ensure_synthetic_cifar
 
         ensure_synthetic_cifar(trials[0].config.data_dir, experiment.dataset, experiment.synthetic)
-    return launch(experiment, trials, results_dir, args)
 
 
-def launch(experiment, trials, results_dir: Path, args: argparse.Namespace) -> int:
+def write_resolved(experiment, trials, results_dir: Path) -> None:
+    """results/<exp>/experiment.yaml: the experiment as resolved, with every trial's config."""
     import yaml
 
     from orchestrator.recorder import paths
-    from orchestrator.runner import run_trials
 
     p = paths(results_dir, experiment.name)
     p["dir"].mkdir(parents=True, exist_ok=True)
     resolved = experiment.to_dict()
     resolved["trials"] = [t.to_payload() for t in trials]
     p["experiment"].write_text(yaml.safe_dump(resolved, sort_keys=False))
-    summary = run_trials(
-        experiment.name, trials, results_dir, address=args.address,
-        max_concurrent=args.max_concurrent or experiment.max_concurrent,
-        max_failures=experiment.max_failures)
-    write_report(results_dir / experiment.name)
+
+
+def print_summary(experiment, trials, summary) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
     print(f"{experiment.name}: {len(trials)} trials: {counts}")
     print(f"metrics: {summary.paths['metrics']}")

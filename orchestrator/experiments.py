@@ -84,7 +84,7 @@ KindParser = Callable[[str, dict[str, Any], dict[str, Any]], Experiment]
 KINDS: dict[str, tuple[KindParser, dict[str, str]]] = {}
 # Modules that may register more kinds (e.g. `tune`) when imported; a missing one is skipped.
 # They must stay light to import (no torch/ray at module level): --dry-run imports them.
-KIND_MODULES = ("orchestrator.tuning",)
+KIND_MODULES = ("orchestrator.tune_experiment",)
 
 
 def register_kind(name: str, parser: KindParser, keys: dict[str, str]) -> None:

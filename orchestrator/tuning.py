@@ -143,40 +143,60 @@ def yaml_snippet(best: dict[str, float]) -> str:
             "  ecm: ls\n")
 
 
-def _axis_label(value: float) -> str:
+def dyadic_k(value: float) -> int | None:
+    """k when value == 1 - 2^-k exactly, else None."""
     one_minus = 1.0 - value
-    k = -math.log2(one_minus) if one_minus > 0 else float("inf")
-    if abs(k - round(k)) < 1e-9:
-        return f"1-2^-{int(round(k))}"
-    return f"{value:.5g}"
+    if one_minus <= 0:
+        return None
+    k = round(-math.log2(one_minus))
+    return k if 0 < k <= 60 and dyadic(k) == value else None
 
 
 def plot_heatmap(ranking, path: Path, title: str) -> Path:
-    """afwd x abkw heatmap of the ranking's median best accuracy (blank where not run)."""
+    """afwd x abkw map of the ranking's median best accuracy.
+
+    Dyadic values are drawn as a heatmap over k, blank where a cell did not run; points of a
+    continuous space as a scatter on log2(1 - a) axes.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    afwds = sorted(ranking["afwd"].unique())
-    abkws = sorted(ranking["abkw"].unique())
-    grid = np.full((len(afwds), len(abkws)), np.nan)
-    for row in ranking.itertuples():
-        grid[afwds.index(row.afwd), abkws.index(row.abkw)] = row.median_best_val_acc1
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(abkws), 1.2 + 0.7 * len(afwds)))
-    image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(abkws)), [_axis_label(v) for v in abkws], rotation=45, ha="right")
-    ax.set_yticks(range(len(afwds)), [_axis_label(v) for v in afwds])
-    ax.set_xlabel("abkw (backward decay factor)")
-    ax.set_ylabel("afwd (forward decay factor)")
-    for i in range(len(afwds)):
-        for j in range(len(abkws)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center",
-                        color="white", fontsize=8)
+    acc = ranking["median_best_val_acc1"].to_numpy(dtype=float)
+    k_afwd = [dyadic_k(v) for v in ranking["afwd"]]
+    k_abkw = [dyadic_k(v) for v in ranking["abkw"]]
+    if None not in k_afwd and None not in k_abkw:
+        # every value is 1 - 2^-k: a heatmap over the whole k range, blank where not run
+        rows = list(range(min(k_afwd), max(k_afwd) + 1))
+        cols = list(range(min(k_abkw), max(k_abkw) + 1))
+        fig, ax = plt.subplots(figsize=(2.4 + 0.8 * len(cols), 1.8 + 0.55 * len(rows)))
+        grid = np.full((len(rows), len(cols)), np.nan)
+        for ka, kb, value in zip(k_afwd, k_abkw, acc):
+            grid[rows.index(ka), cols.index(kb)] = value
+        image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(cols)), [as_fraction(dyadic(k)) for k in cols], rotation=45,
+                      ha="right")
+        ax.set_yticks(range(len(rows)), [as_fraction(dyadic(k)) for k in rows])
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center",
+                            color="white", fontsize=8)
+        ax.set_xlabel("abkw (backward decay factor)")
+        ax.set_ylabel("afwd (forward decay factor)")
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 5))
+        x = np.log2(1.0 - ranking["abkw"].to_numpy(dtype=float))
+        y = np.log2(1.0 - ranking["afwd"].to_numpy(dtype=float))
+        image = ax.scatter(x, y, c=acc, cmap="viridis", s=60, edgecolors="black")
+        ax.set_xlabel("log2(1 - abkw)")
+        ax.set_ylabel("log2(1 - afwd)")
+    best = ranking.iloc[0]
     fig.colorbar(image, ax=ax, label="median best val top-1 (%)")
-    ax.set_title(title)
+    ax.set_title(f"{title}\nbest: afwd {as_fraction(float(best['afwd']))}, "
+                 f"abkw {as_fraction(float(best['abkw']))}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -1,0 +1,132 @@
+"""The `kind: tune` experiment: validation of a decay-factor search and its expansion to trials.
+
+A tuning experiment is a base trial (shared settings, online norm) plus a search space for
+(afwd, abkw), a searcher, an early-stopping scheduler, seeds per configuration and a budget.
+Grid and random searchers expand to a fixed, seeded list of configurations, so each has a
+stable trial_id and `onorm tune` resumes exactly like `onorm run`; Optuna proposes points as
+results arrive (orchestrator/tune_search.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.experiments import (Experiment, as_int, as_mapping, check_keys, parse_seeds,
+                                      register_kind, where)
+from orchestrator.grid import TrialSpec, data_folder, make_trial
+from orchestrator.tuning import DECAY_KEYS, SEARCHERS, grid_points, parse_space, random_points
+from trainers.config import make_config
+from trainers.errors import UserError
+
+TUNE_KEYS = {
+    "space": "{afwd: {dyadic: [kmin, kmax]} | {loguniform: [low, high]}, abkw: ...}",
+    "searcher": f"one of {', '.join(SEARCHERS)} (default grid)",
+    "num_samples": "configurations to try (random, optuna; for grid an upper bound)",
+    "search_seed": "seed of the random/optuna searcher (default 0)",
+    "scheduler": "{type: asha|none, grace_period, reduction_factor}",
+    "seeds": "training seeds per configuration (count or list, default 1)",
+}
+SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
+SCHEDULER_TYPES = ("asha", "none")
+
+
+def parse_scheduler(name: str, raw: Any, epochs: int) -> dict[str, Any]:
+    raw = as_mapping(name, "scheduler", raw if raw is not None else {"type": "none"})
+    check_keys(name, "scheduler", raw, SCHEDULER_KEYS)
+    kind = raw.get("type", "asha")
+    if kind not in SCHEDULER_TYPES:
+        raise UserError(f"{where(name, 'scheduler.type')}: unknown scheduler {kind!r}; "
+                        f"choose one of {', '.join(SCHEDULER_TYPES)}")
+    grace = as_int(name, "scheduler.grace_period", raw.get("grace_period", 1), 1)
+    factor = as_int(name, "scheduler.reduction_factor", raw.get("reduction_factor", 3), 2)
+    if kind == "asha" and grace > epochs:
+        raise UserError(f"{where(name, 'scheduler.grace_period')}: {grace} is more than the "
+                        f"{epochs} epochs of a trial: lower it, or raise settings.epochs")
+    return {"type": kind, "grace_period": grace, "reduction_factor": factor}
+
+
+def parse_tune(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experiment:
+    settings = common["settings"]
+    fixed = [k for k in (*DECAY_KEYS, "norm") if k in settings]
+    if fixed:
+        raise UserError(f"{where(name, 'settings.' + fixed[0])}: a tuning experiment searches "
+                        "afwd and abkw with online norm; remove it from settings and set the "
+                        "range under `space:`")
+    if raw.get("space") is None:
+        raise UserError(f"{where(name, 'space')}: missing: give e.g. "
+                        "`space: {afwd: {dyadic: [8, 12]}, abkw: {dyadic: [4, 9]}}`")
+    space = parse_space(where(name, "space"), raw["space"])
+    searcher = raw.get("searcher", "grid")
+    if searcher not in SEARCHERS:
+        raise UserError(f"{where(name, 'searcher')}: unknown searcher {searcher!r}; "
+                        f"choose one of {', '.join(SEARCHERS)}")
+    num_samples = raw.get("num_samples")
+    if num_samples is None and searcher != "grid":
+        raise UserError(f"{where(name, 'num_samples')}: searcher {searcher} needs a budget: "
+                        "set num_samples (configurations to try)")
+    if num_samples is not None:
+        num_samples = as_int(name, "num_samples", num_samples, 1)
+    if searcher == "grid":
+        size = len(grid_points(space))
+        if num_samples is not None and size > num_samples:
+            raise UserError(f"{where(name, 'num_samples')}: the dyadic grid has {size} "
+                            f"configurations, more than the budget {num_samples}: narrow the "
+                            "space, raise num_samples, or use searcher: random")
+    epochs = int(settings.get("epochs", make_config(common["dataset"], ".").epochs))
+    extra = {
+        "space": {k: {"kind": a.kind, "low": a.low, "high": a.high} for k, a in space.items()},
+        "searcher": searcher,
+        "num_samples": num_samples,
+        "search_seed": as_int(name, "search_seed", raw.get("search_seed", 0)),
+        "scheduler": parse_scheduler(name, raw.get("scheduler"), epochs),
+        "seeds": list(parse_seeds(name, "seeds", raw.get("seeds", 1))),
+    }
+    return Experiment(name=name, kind="tune", extra=extra, **common)
+
+
+register_kind("tune", parse_tune, TUNE_KEYS)
+
+
+def space_of(experiment: Experiment):
+    from orchestrator.tuning import DecayAxis
+
+    return {k: DecayAxis(**v) for k, v in experiment.extra["space"].items()}
+
+
+def planned_points(experiment: Experiment) -> list[dict[str, float]] | None:
+    """The configurations of a grid/random search; None for Optuna (proposed as it goes)."""
+    extra = experiment.extra
+    if extra["searcher"] == "grid":
+        return grid_points(space_of(experiment))
+    if extra["searcher"] == "random":
+        return random_points(space_of(experiment), extra["num_samples"], extra["search_seed"])
+    return None
+
+
+def point_trials(experiment: Experiment, points: list[dict[str, float]], *,
+                 data_dir: str | None = None, cpu_only: bool = False) -> list[TrialSpec]:
+    """One trial per (configuration, seed): the base settings with norm online and the point."""
+    folder = data_folder(experiment, data_dir)
+    resources = dict(experiment.resources)
+    if cpu_only:
+        resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0}
+    trials = []
+    for point in points:
+        for seed in experiment.extra["seeds"]:
+            config = make_config(experiment.dataset, folder, **experiment.settings,
+                                 norm="online", afwd=point["afwd"], abkw=point["abkw"],
+                                 seed=seed)
+            trials.append(make_trial(config, resources, experiment.synthetic))
+    return trials
+
+
+def make_scheduler(experiment: Experiment):
+    """ASHA on validation top-1, by epoch (a resumed trial's training_iteration restarts)."""
+    spec = experiment.extra["scheduler"]
+    if spec["type"] == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = make_config(experiment.dataset, ".", **experiment.settings).epochs
+    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=spec["grace_period"],
+                         reduction_factor=spec["reduction_factor"])

@@ -1,0 +1,130 @@
+"""`onorm tune`: a small ASHA search end to end, the paper's pair in the grid, bad inputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.experiments import load_experiments
+from orchestrator.tune_experiment import planned_points
+
+PROJECT_YAML = Path(__file__).resolve().parents[2] / "experiments.yaml"
+
+TINY_TUNE = """
+tiny-tune:
+  kind: tune
+  dataset: cifar10
+  data_dir: data
+  synthetic: {n_train: 128, n_test: 64}
+  resources: {cpu: 1, gpu: 0}
+  max_concurrent: 2
+  settings: {depth: 8, epochs: 3, batch_size: 32, lr_milestones: [2], workers: 0, device: cpu}
+  space:
+    afwd: {dyadic: [1, 10]}
+    abkw: {dyadic: [1, 8]}
+  searcher: random
+  num_samples: 6
+  search_seed: 1
+  scheduler: {type: asha, grace_period: 1, reduction_factor: 3}
+"""
+
+
+def test_tune_with_asha_stops_some_trials_and_ranks_every_configuration(
+        tmp_path, ray_session, capsys):
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE)
+    results = tmp_path / "results"
+    code = main(["tune", "tiny-tune", "--config", str(config), "--results", str(results)])
+    assert code == 0
+    exp_dir = results / "tiny-tune"
+    trials = pd.read_parquet(exp_dir / "trials.parquet")
+    assert len(trials) == 6
+    stopped = trials[trials["status"] == "stopped"]
+    assert len(stopped) >= 1, trials[["trial_id", "status", "epochs_done"]]
+    assert (stopped["epochs_done"] < 3).all() and (stopped["epochs_done"] >= 1).all()
+    assert set(trials["status"]) <= {"completed", "stopped"}
+
+    ranking = pd.read_csv(exp_dir / "tables" / "ranking.csv")
+    experiment = load_experiments(config)["tiny-tune"]
+    expected = {(p["afwd"], p["abkw"]) for p in planned_points(experiment)}
+    assert set(zip(ranking["afwd"], ranking["abkw"])) == expected
+    # ranked by each configuration's best validation accuracy, best first
+    metrics = pd.read_parquet(exp_dir / "metrics.parquet")
+    best = metrics.groupby(["afwd", "abkw"])["val_acc1"].max()
+    assert list(ranking["median_best_val_acc1"]) == sorted(best.values, reverse=True)
+    assert ranking["stopped"].sum() == len(stopped)
+
+    heatmap = exp_dir / "plots" / "tuning_heatmap.png"
+    assert heatmap.read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    top = ranking.iloc[0]
+    from orchestrator.tuning import as_fraction
+    assert f"afwd: {as_fraction(top['afwd'])}" in out and "- norm: online" in out
+
+    # re-running skips every finished configuration, including the stopped ones
+    capsys.readouterr()
+    assert main(["tune", "tiny-tune", "--config", str(config), "--results", str(results)]) == 0
+    again = pd.read_parquet(exp_dir / "trials.parquet")
+    assert list(again["attempts"]) == list(trials["attempts"])
+    assert len(pd.read_parquet(exp_dir / "metrics.parquet")) == len(metrics)
+
+
+def test_tune_cifar10_grid_holds_the_papers_pair_and_dry_run_lists_it(capsys):
+    experiment = load_experiments(PROJECT_YAML)["tune-cifar10"]
+    assert {"afwd": 1023 / 1024, "abkw": 127 / 128} in planned_points(experiment)
+    assert main(["tune", "tune-cifar10", "--config", str(PROJECT_YAML), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "afwd=1023/1024 abkw=127/128" in out
+    cifar100 = load_experiments(PROJECT_YAML)["tune-cifar100"]
+    assert {"afwd": 511 / 512, "abkw": 15 / 16} in planned_points(cifar100)
+
+
+def test_dry_run_imports_neither_torch_nor_ray():
+    import subprocess
+
+    code = ("import sys; from orchestrator.cli import main; "
+            f"main(['tune', 'tune-demo', '--config', {str(PROJECT_YAML)!r}, '--dry-run']); "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_optuna_missing_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE.replace("searcher: random", "searcher: optuna"))
+    monkeypatch.setitem(sys.modules, "optuna", None)   # import optuna -> ImportError
+    code = main(["tune", "tiny-tune", "--config", str(config), "--results",
+                 str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "pip install 'onorm[optuna]'" in err
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (("searcher: random", "searcher: bayes"), "unknown searcher 'bayes'"),
+    (("num_samples: 6", "num_samples: x"), "key 'num_samples': expected an integer"),
+    (("type: asha", "type: pbt"), "unknown scheduler 'pbt'"),
+    (("grace_period: 1", "grace_period: 9"), "more than the 3 epochs"),
+    (("afwd: {dyadic: [1, 10]}", "afwd: {dyadic: [0, 10]}"), "integers 1 <= kmin"),
+    (("device: cpu}", "device: cpu, afwd: 0.9}"), "remove it from settings"),
+    (("  searcher: random\n", "  searcher: random\n  sampler: tpe\n"), "unknown key 'sampler'"),
+])
+def test_bad_tuning_experiments_give_one_line(tmp_path, capsys, change, fragment):
+    config = tmp_path / "experiments.yaml"
+    assert change[0] in TINY_TUNE
+    config.write_text(TINY_TUNE.replace(*change))
+    code = main(["tune", "tiny-tune", "--config", str(config), "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert fragment in err and "tiny-tune" in err
+
+
+def test_grid_budget_smaller_than_grid_is_refused(tmp_path, capsys):
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE.replace("searcher: random", "searcher: grid"))
+    assert main(["tune", "tiny-tune", "--config", str(config), "--dry-run"]) == 2
+    assert "the dyadic grid has 80 configurations" in capsys.readouterr().err
