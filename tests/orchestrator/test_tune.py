@@ -128,3 +128,24 @@ def test_grid_budget_smaller_than_grid_is_refused(tmp_path, capsys):
     config.write_text(TINY_TUNE.replace("searcher: random", "searcher: grid"))
     assert main(["tune", "tiny-tune", "--config", str(config), "--dry-run"]) == 2
     assert "the dyadic grid has 80 configurations" in capsys.readouterr().err
+
+
+def test_optuna_search_runs_its_budget_and_resumes_without_retraining(
+        tmp_path, ray_session, capsys):
+    pytest.importorskip("optuna")
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE.replace("searcher: random", "searcher: optuna")
+                      .replace("num_samples: 6", "num_samples: 3")
+                      .replace("afwd: {dyadic: [1, 10]}", "afwd: {loguniform: [0.0005, 0.1]}")
+                      .replace("epochs: 3", "epochs: 2").replace("grace_period: 1", "grace_period: 2"))
+    results = tmp_path / "results"
+    args = ["tune", "tiny-tune", "--config", str(config), "--results", str(results)]
+    assert main(args) == 0
+    trials = pd.read_parquet(results / "tiny-tune" / "trials.parquet")
+    assert len(trials) == 3 and set(trials["status"]) == {"completed"}
+    assert all(0.0005 <= 1 - a <= 0.1 for a in trials["afwd"])
+    ranking = pd.read_csv(results / "tiny-tune" / "tables" / "ranking.csv")
+    assert len(ranking) == 3
+    assert main(args) == 0   # budget spent: nothing new runs, nothing is retrained
+    again = pd.read_parquet(results / "tiny-tune" / "trials.parquet")
+    assert len(again) == 3 and list(again["attempts"]) == list(trials["attempts"])
