@@ -1,19 +1,79 @@
 """Closed-form solutions of Online Normalization's per-sample recurrences over a batch.
 
 Every state update in the algorithm is a first-order linear recurrence across the samples of
-a batch. Solving it in closed form with a log-depth associative scan (composed decays are
-the scalars alpha**k when the decay is constant; pairs (A, B) when it varies) replaces the
-reference's per-sample loop with a handful of small (N, C) tensor ops. Everything here runs
-in float64: a decay of 0.999 rounded to float32 is already off by 1e-5, and powers up to N
-compound that.
+a batch, s_{i+1} = c_i*s_i + e_i, whose solution is s_i = P_i*(s_0 + sum_{j<i} e_j/P_{j+1})
+with P_i = c_0*...*c_{i-1}: a cumulative product and a cumulative sum, a handful of (N, C)
+ops whatever N is. That form is used wherever the products stay inside float64's range
+(always for the constant decays of typical batches). Otherwise (a decay so small that its
+N-th power underflows, or a varying coefficient that is zero or nearly so, which v's can be)
+a log-depth associative scan takes over: exact for any coefficient, but log2(N) rounds of
+ops. Everything here runs in float64: a decay of 0.999 rounded to float32 is already off by
+1e-5, and powers up to N compound that.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
+
+# |log P_i| above this and P_i or 1/P_i leaves float64's range (about e^709) too closely.
+_LOG_RANGE = 600.0
+
+
+@functools.lru_cache(maxsize=64)
+def _decay_powers(alpha: float, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha^i for i = 0..n, alpha^-(j+1) for j = 0..n-1), float64, cached per layer shape."""
+    exponents = torch.arange(n + 1, dtype=torch.float64)
+    powers = torch.pow(torch.tensor(alpha, dtype=torch.float64), exponents)
+    return powers.to(device), (1.0 / powers[1:]).to(device)
 
 
 def constant_decay(state0: torch.Tensor, inputs: torch.Tensor, alpha: float,
+                   scale: float) -> torch.Tensor:
+    """States s_0..s_N of s_{i+1} = alpha*s_i + scale*inputs_i, s_0 = state0.
+
+    state0: (C,) float64; inputs: (N, C) float64. Returns (N+1, C).
+    """
+    n = inputs.shape[0]
+    if n * -math.log(alpha) > _LOG_RANGE:
+        return constant_decay_scan(state0, inputs, alpha, scale)
+    powers, inverse = _decay_powers(alpha, n, inputs.device)
+    states = torch.empty((n + 1, inputs.shape[1]), dtype=inputs.dtype, device=inputs.device)
+    states[0] = 0
+    torch.cumsum(inputs * (inverse * scale)[:, None], 0, out=states[1:])
+    states += state0
+    states *= powers[:, None]
+    return states
+
+
+def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """States s_0..s_N of s_{i+1} = coef_i*s_i + inputs_i, s_0 = state0.
+
+    coef may be negative, zero or tiny (v's coefficient 1 - (1-b)*E[y^2] is, for large
+    inputs): the product form runs only when every partial product stays well inside
+    float64's range, else the scan. On CUDA the scan always runs: checking the range would
+    wait for the device.
+    """
+    if coef.device.type == "cpu":
+        log_products = coef.abs().log_().cumsum_(0)
+        lo, hi = torch.aminmax(log_products)
+        if float(lo) > -_LOG_RANGE and float(hi) < _LOG_RANGE:
+            n, c = coef.shape
+            products = torch.empty((n + 1, c), dtype=coef.dtype, device=coef.device)
+            products[0] = 1
+            torch.cumprod(coef, 0, out=products[1:])
+            states = torch.empty_like(products)
+            states[0] = 0
+            torch.cumsum(inputs / products[1:], 0, out=states[1:])
+            states += state0
+            states *= products
+            return states
+    return varying_decay_scan(state0, coef, inputs)
+
+
+def constant_decay_scan(state0: torch.Tensor, inputs: torch.Tensor, alpha: float,
                    scale: float) -> torch.Tensor:
     """States s_0..s_N of s_{i+1} = alpha*s_i + scale*inputs_i, s_0 = state0.
 
@@ -34,7 +94,8 @@ def constant_decay(state0: torch.Tensor, inputs: torch.Tensor, alpha: float,
     return states
 
 
-def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+def varying_decay_scan(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor
+                       ) -> torch.Tensor:
     """States s_0..s_N of s_{i+1} = coef_i*s_i + inputs_i, s_0 = state0 (Hillis-Steele scan).
 
     coef may be zero or negative, so no logarithms or division: maps s -> A*s + B are composed

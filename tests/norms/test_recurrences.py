@@ -35,3 +35,28 @@ def test_constant_decay(n: int, alpha: float, scale: float) -> None:
     expected = loop(state0, torch.full((n, 3), alpha, dtype=torch.float64), scale * inputs)
     assert torch.allclose(constant_decay(state0, inputs, alpha, scale), expected,
                           rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,alpha", [(1000, 0.5), (300, 0.01)])
+def test_constant_decay_falls_back_to_the_scan_when_powers_leave_float64(n, alpha):
+    # alpha**-n overflows float64 here, so the product form cannot be used
+    gen = torch.Generator().manual_seed(n)
+    inputs = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    state0 = torch.randn(3, generator=gen, dtype=torch.float64)
+    expected = loop(state0, torch.full((n, 3), alpha, dtype=torch.float64), (1 - alpha) * inputs)
+    result = constant_decay(state0, inputs, alpha, 1 - alpha)
+    assert torch.isfinite(result).all()
+    assert torch.allclose(result, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 64, 256])
+def test_varying_decay_product_form_with_negative_coefficients(n):
+    # no zero coefficient: the cumulative-product form runs; signs alternate
+    gen = torch.Generator().manual_seed(n)
+    coef = torch.empty(n, 4, dtype=torch.float64).uniform_(0.3, 1.0, generator=gen)
+    coef[::3] *= -1
+    coef[1::7] = 1e-3   # nearly zero: later terms are divided by a small product
+    inputs = torch.randn(n, 4, generator=gen, dtype=torch.float64)
+    state0 = torch.randn(4, generator=gen, dtype=torch.float64)
+    assert torch.allclose(varying_decay(state0, coef, inputs), loop(state0, coef, inputs),
+                          rtol=1e-11, atol=1e-12)
