@@ -147,5 +147,9 @@ def write_report(exp_dir: Path) -> None:
             return
         raise
     if hasattr(table, "write_report"):
-        table.write_report(exp_dir)
-        print(f"report:  {exp_dir}")
+        written = table.write_report(exp_dir)
+        accuracy = exp_dir / "tables" / "accuracy.md"
+        if accuracy in written:
+            print(accuracy.read_text())
+        print(f"tables:  {exp_dir / 'tables'}")
+        print(f"plots:   {exp_dir / 'plots'}")

@@ -83,8 +83,9 @@ def metric_figure(runs: Runs, column: str) -> "Figure | None":
                 ax.fill_between(epochs, c["min"].to_numpy(), c["max"].to_numpy(),
                                 color=line.get_color(), alpha=0.18, lw=0)
         for i, step in enumerate(m for m in lr_steps(runs, settings) if m < last):
-            ax.axvline(step, color="0.4", ls=":", lw=1,
-                       label="lr step" if i == 0 else None)
+            # milestone k: epochs k+1 onward train with the lower lr, so the drop sits between
+            ax.axvline(step + 0.5, color="0.4", ls=":", lw=1,
+                       label="lr drops" if i == 0 else None)
         if column.endswith("loss"):
             ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers

@@ -25,7 +25,7 @@ def drawn_lines(fig):
     for ax in fig.axes:
         for line in ax.lines:
             label = line.get_label()
-            if not label.startswith("_") and label != "lr step":
+            if not label.startswith("_") and label != "lr drops":
                 out[label] = (np.asarray(line.get_xdata(), float),
                               np.asarray(line.get_ydata(), float))
     return out
@@ -62,7 +62,7 @@ def test_lr_steps_from_config_and_from_lr_column(results, tmp_path):
     assert lr_steps(runs, list(runs.settings.values())) == MILESTONES
     fig = metric_figure(runs, "train_loss")
     steps = [ln.get_xdata()[0] for ln in fig.axes[0].lines if ln.get_linestyle() == ":"]
-    assert steps == MILESTONES
+    assert steps == [m + 0.5 for m in MILESTONES]   # between epoch k and k+1
     for s in runs.settings.values():
         s.lr_milestones = ()  # as if config_json were missing: read the lr drops instead
     assert lr_steps(runs, list(runs.settings.values())) == MILESTONES
