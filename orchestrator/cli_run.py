@@ -18,11 +18,17 @@ def add_parser(subparsers) -> None:
         description="Run every trial of EXPERIMENT that is not done yet (completed trials are "
                     "skipped, interrupted ones resume from their last checkpoint) and stream "
                     "each epoch into RESULTS/EXPERIMENT/metrics.parquet.")
+    add_launch_arguments(p, what="trials")
+    p.set_defaults(func=run_command)
+
+
+def add_launch_arguments(p, what: str) -> None:
+    """The arguments `onorm run` and `onorm tune` share: which experiment, where, how wide."""
     p.add_argument("experiment", metavar="EXPERIMENT", help="an experiment name in the config")
     p.add_argument("--config", metavar="FILE", help="experiments file (default: ./experiments.yaml,"
                    " else the project's)")
     p.add_argument("--dry-run", action="store_true",
-                   help="list the trials and what has run so far; start nothing")
+                   help=f"list the {what} and what has run so far; start nothing")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: "
                    "RAY_ADDRESS, else start Ray on this machine)")
     p.add_argument("--data-dir", metavar="DIR", help="dataset folder (overrides the config's)")
@@ -33,7 +39,6 @@ def add_parser(subparsers) -> None:
                         "resources allow)")
     p.add_argument("--cpu-only", action="store_true",
                    help="ask for no GPU per trial (at least 1 CPU), for clusters without GPUs")
-    p.set_defaults(func=run_command)
 
 
 def load_trials(args: argparse.Namespace):

@@ -20,20 +20,9 @@ def add_parser(subparsers) -> None:
         description="Run the tuning experiment EXPERIMENT (kind: tune in experiments.yaml): "
                     "every configuration of its search space, with early stopping, then rank "
                     "them and print the best pair as YAML to paste into an experiment.")
-    p.add_argument("experiment", metavar="EXPERIMENT", help="a tuning experiment in the config")
-    p.add_argument("--config", metavar="FILE", help="experiments file (default: ./experiments.yaml,"
-                   " else the project's)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="list the configurations and what has run so far; start nothing")
-    p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: "
-                   "RAY_ADDRESS, else start Ray on this machine)")
-    p.add_argument("--data-dir", metavar="DIR", help="dataset folder (overrides the config's)")
-    p.add_argument("--results", metavar="DIR", default="results",
-                   help="results root; files go to DIR/EXPERIMENT (default: results)")
-    p.add_argument("--max-concurrent", metavar="N", type=int,
-                   help="run at most N trials at once (also Optuna's batch size)")
-    p.add_argument("--cpu-only", action="store_true",
-                   help="ask for no GPU per trial (at least 1 CPU), for clusters without GPUs")
+    from orchestrator.cli_run import add_launch_arguments
+
+    add_launch_arguments(p, what="configurations")
     p.set_defaults(func=tune_command)
 
 
@@ -59,6 +48,10 @@ def tune_command(args: argparse.Namespace) -> int:
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
+    if points is None:
+        from orchestrator.tune_search import import_optuna
+
+        import_optuna()   # a missing optional package is reported before anything starts
     prepare_data(experiment, trials, problem)
     options = dict(address=args.address, data_dir=data_dir, cpu_only=args.cpu_only,
                    max_concurrent=args.max_concurrent or experiment.max_concurrent)
