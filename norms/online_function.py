@@ -13,6 +13,7 @@ place, so deep copies, pickling and DDP replicas each keep their own state.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -24,9 +25,18 @@ from norms.recurrences import constant_decay, varying_decay
 ECM_MODES = ("ls", "ac", "none")
 
 
+@functools.lru_cache(maxsize=8)
+def _one(device: torch.device) -> torch.Tensor:
+    """A float64 scalar 1, cached: addcmul's input for 1 - c*a*b in one op."""
+    return torch.ones((), dtype=torch.float64, device=device)
+
+
 class OnlineNormFunction(torch.autograd.Function):
     """Training-mode Online Normalization on an (N, C, H, W) input; updates m, var, u, v."""
 
+    # Each small (N, C) op costs a few microseconds whatever its size, so the float64 math
+    # below is written to use as few as it can: merged multiply-adds, constants folded into
+    # Python floats, and what backward needs computed once here.
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
@@ -35,23 +45,21 @@ class OnlineNormFunction(torch.autograd.Function):
         a = alpha_fwd
         mu, s2 = passes.spatial_stats(x)
         # Mean and variance states seen by each sample (rows 0..N-1) and after the batch (N).
-        m_all = constant_decay(m.double(), mu, a, 1.0 - a)
+        m_all = constant_decay(m, mu, a, 1.0 - a)
         m_i = m_all[:-1]
         d = mu - m_i
         # (1-a)*s2 + a*(1-a)*d^2 = (1-a)*(s2 + a*d^2)
-        var_all = constant_decay(var.double(), torch.addcmul(s2, d, d, value=a), a, 1.0 - a)
+        var_all = constant_decay(var, torch.addcmul(s2, d, d, value=a), a, 1.0 - a)
         r = var_all[:-1].add(eps).rsqrt_()
         m.copy_(m_all[-1])
         var.copy_(var_all[-1])
 
-        w = weight.detach().double() if weight is not None else None
-        b = bias.detach().double() if bias is not None else None
-        a0 = r * w if w is not None else r         # z = a0*x + b0 = w*y + b
-        b0 = a0 * -m_i
-        if b is not None:
-            b0 += b
-        mean_y = r * d                              # E_hw[y] and E_hw[y^2] per (n, c)
-        mean_y2 = r.square().mul_(torch.addcmul(s2, d, d))
+        # z = a0*x + b0 = w*y + b, y = (x - m_i)*r; float32 parameters promote to float64.
+        a0 = r * weight if weight is not None else r
+        if bias is not None:
+            b0 = torch.addcmul(bias, a0, m_i, value=-1)
+        else:
+            b0 = torch.mul(a0, m_i).neg_()
         mean_z = torch.addcmul(b0, a0, mu)          # E_hw[z]
         k_scale = f = None
         scale, shift = a0, b0
@@ -59,14 +67,15 @@ class OnlineNormFunction(torch.autograd.Function):
             # E_hw[z^2] = Var(z) + E[z]^2 = a0^2*s2 + E[z]^2, no pass over x needed.
             mean_z2 = torch.addcmul(mean_z.square(), a0.square(), s2)
             f = mean_z2.mean(1, keepdim=True).add_(ls_eps).rsqrt_()
-            k_scale = f.pow(3).div_(x.shape[1] * x.shape[2] * x.shape[3])
+            k_scale = f.pow(3).mul_(1.0 / (x.shape[1] * x.shape[2] * x.shape[3]))
             scale, shift = a0 * f, b0 * f
+        scale = scale.to(x.dtype)                   # reused as grad_x's coefficient of G
         out = passes.scale_shift(x, scale, shift)
         if ecm == "ac":
             out.clamp_(-clamp_val, clamp_val)
 
         ctx.save_for_backward(x, weight, bias)
-        ctx.small = (mu, s2, d, m_i, r, w, a0, b0, mean_y, mean_y2, mean_z, f, k_scale, scale)
+        ctx.small = (mu, s2, d, m_i, r, a0, b0, mean_z, f, k_scale, scale)
         ctx.state = (u, v)
         ctx.config = (alpha_bkw, ecm, clamp_val)
         return out
@@ -75,7 +84,7 @@ class OnlineNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
-        mu, s2, d, m_i, r, w, a0, b0, mean_y, mean_y2, mean_z, f, k_scale, scale = ctx.small
+        mu, s2, d, m_i, r, a0, b0, mean_z, f, k_scale, scale = ctx.small
         u, v = ctx.state
         beta, ecm, clamp_val = ctx.config
         hw = x.shape[2] * x.shape[3]
@@ -93,39 +102,41 @@ class OnlineNormFunction(torch.autograd.Function):
         if ecm == "ls":
             sum_gz = torch.addcmul(a0 * sum_gxc, mean_z, sum_g).sum(1, keepdim=True)
             k = k_scale * sum_gz
+            ka0 = k * a0
             sum_dz = torch.addcmul(f * sum_g, k, mean_z, value=-hw)
             # sum dz*(x - mu) = f*sum G*(x - mu) - k*a0*sum (x - mu)^2
-            sum_dzxc = torch.addcmul(f * sum_gxc, k * a0, s2, value=-hw)
+            sum_dzxc = torch.addcmul(f * sum_gxc, ka0, s2, value=-hw)
         else:
-            k = None
+            ka0 = None
             sum_dz, sum_dzxc = sum_g, sum_gxc
         sum_dzy = r * torch.addcmul(sum_dzxc, d, sum_dz)   # sum_hw dz*y, y = (x - m_i)*r
 
         grad_weight = sum_dzy.sum(0).to(weight.dtype) if weight is not None else None
         grad_bias = sum_dz.sum(0).to(bias.dtype) if bias is not None else None
 
-        # The control process on g = w*dz, the gradient at the core output y.
+        # The control process on g = w*dz, the gradient at the core output y, with
+        # E_hw[y] = r*d and E_hw[y^2] = r^2*(s2 + d^2).
         one_b = 1.0 - beta
-        w_hw = w / hw if w is not None else 1.0 / hw
-        mean_g = sum_dz * w_hw
-        v_all = varying_decay(v.double(), 1.0 - one_b * mean_y2, sum_dzy * w_hw)
+        w_hw = weight.double().div_(hw) if weight is not None else 1.0 / hw
+        r2 = r.square()
+        coef = torch.addcmul(_one(r.device), r2, torch.addcmul(s2, d, d), value=-one_b)
+        v_all = varying_decay(v, coef, sum_dzy * w_hw)
         v_i = v_all[:-1]
-        mean_t = torch.addcmul(mean_g, v_i, mean_y, value=-one_b)
-        u_all = constant_decay(u.double(), r * mean_t, beta, 1.0)
+        mean_t = torch.addcmul(sum_dz * w_hw, v_i, r * d, value=-one_b)
+        u_all = constant_decay(u, r * mean_t, beta, 1.0)
         u.copy_(u_all[-1])
         v.copy_(v_all[-1])
 
         grad_x = None
         if ctx.needs_input_grad[0]:
-            # grad_x = r*g - (1-b)*v*r^2*(x - m_i) - (1-b)*u, g = w*dz:
-            # G's coefficient is r*w*f = scale, x's is -(1-b)*v*r^2 - k*r*w*a0, and the rest
-            # (1-b)*v*r^2*m_i - (1-b)*u - k*r*w*b0.
-            vr2 = (one_b * v_i) * r.square()
-            q = -vr2
-            c = torch.add(vr2 * m_i, u_all[:-1], alpha=-one_b)
-            if k is not None:
-                ka0 = k * a0
-                q = q - ka0 * a0
-                c = c - ka0 * b0
+            # grad_x = r*g - (1-b)*v*r^2*(x - m_i) - (1-b)*u, g = w*dz, dz = f*G - k*z:
+            # G's coefficient is r*w*f = scale, x's is -q with q = (1-b)*v*r^2 + k*a0^2, and
+            # the rest q*m_i - (1-b)*u - k*a0*b (b0 = b - a0*m_i).
+            q = v_i * r2.mul_(one_b)
+            if ka0 is not None:
+                q.addcmul_(ka0, a0)
+            c = torch.addcmul(u_all[:-1].mul(-one_b), q, m_i)
+            if ka0 is not None and bias is not None:
+                c.addcmul_(ka0, bias, value=-1)
             grad_x = passes.combine(grad, x, scale, q, c)
         return (grad_x, grad_weight, grad_bias) + (None,) * 10

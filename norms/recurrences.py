@@ -23,29 +23,33 @@ _LOG_RANGE = 600.0
 
 
 @functools.lru_cache(maxsize=64)
-def _decay_powers(alpha: float, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha^i for i = 0..n, alpha^-(j+1) for j = 0..n-1), float64, cached per layer shape."""
+def _decay_powers(alpha: float, scale: float, n: int, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha^i for i = 0..n, scale*alpha^-(j+1) for j = 0..n-1) as float64 columns, cached
+    per layer shape: (n+1, 1) and (n, 1)."""
     exponents = torch.arange(n + 1, dtype=torch.float64)
     powers = torch.pow(torch.tensor(alpha, dtype=torch.float64), exponents)
-    return powers.to(device), (1.0 / powers[1:]).to(device)
+    return powers[:, None].to(device), (scale / powers[1:, None]).to(device)
 
 
 def constant_decay(state0: torch.Tensor, inputs: torch.Tensor, alpha: float,
                    scale: float) -> torch.Tensor:
     """States s_0..s_N of s_{i+1} = alpha*s_i + scale*inputs_i, s_0 = state0.
 
-    state0: (C,) float64; inputs: (N, C) float64. Returns (N+1, C).
+    state0: (C,), any floating dtype; inputs: (N, C) float64. Returns (N+1, C) float64.
     """
     n = inputs.shape[0]
-    if n * -math.log(alpha) > _LOG_RANGE:
+    if alpha <= 0.0 or n * -math.log(alpha) > _LOG_RANGE:
         return constant_decay_scan(state0, inputs, alpha, scale)
-    powers, inverse = _decay_powers(alpha, n, inputs.device)
-    states = torch.empty((n + 1, inputs.shape[1]), dtype=inputs.dtype, device=inputs.device)
-    states[0] = 0
-    torch.cumsum(inputs * (inverse * scale)[:, None], 0, out=states[1:])
-    states += state0
-    states *= powers[:, None]
-    return states
+    powers, scaled_inverse = _decay_powers(alpha, scale, n, inputs.device)
+    # Row 0 of the cumulative sum is s_0 itself (P_0 = 1), so no separate add is needed.
+    terms = torch.cat((state0.to(inputs.dtype)[None], inputs * scaled_inverse))
+    return terms.cumsum_(0).mul_(powers)
+
+
+# Partial products of v's coefficients outside (1/_PRODUCT_RANGE, _PRODUCT_RANGE) in magnitude
+# (zero, tiny or huge ones) would make the product form inaccurate or infinite.
+_PRODUCT_RANGE = math.exp(_LOG_RANGE)
 
 
 def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -57,18 +61,12 @@ def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor
     wait for the device.
     """
     if coef.device.type == "cpu":
-        log_products = coef.abs().log_().cumsum_(0)
-        lo, hi = torch.aminmax(log_products)
-        if float(lo) > -_LOG_RANGE and float(hi) < _LOG_RANGE:
-            n, c = coef.shape
-            products = torch.empty((n + 1, c), dtype=coef.dtype, device=coef.device)
-            products[0] = 1
-            torch.cumprod(coef, 0, out=products[1:])
-            states = torch.empty_like(products)
-            states[0] = 0
-            torch.cumsum(inputs / products[1:], 0, out=states[1:])
-            states += state0
-            states *= products
+        products = torch.cumprod(coef, 0)
+        lo, hi = torch.aminmax(products.abs())
+        if float(lo) > 1.0 / _PRODUCT_RANGE and float(hi) < _PRODUCT_RANGE:
+            terms = torch.cat((state0.to(inputs.dtype)[None], inputs / products))
+            states = terms.cumsum_(0)
+            states[1:] *= products
             return states
     return varying_decay_scan(state0, coef, inputs)
 
