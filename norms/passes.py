@@ -1,11 +1,11 @@
 """Online Normalization's passes over the big (N, C, H, W) tensors, by the fastest kernels.
 
-On CPU, for contiguous float32/float64 tensors, viewing (N, C, H, W) as one sample with N*C
-channels lets the native batch-norm kernels do the work: their statistics kernel yields each
-(n, c) mean and variance in one call (centred, so no cancellation), their eval-mode forward
-is a fused per-channel x*A + B, and their backward reduction yields sum(g) and
-sum(g*(x - mean)) in one pass. Anywhere else (CUDA, channels_last, half precision) plain
-broadcasting ops are used; both give the same values. Results of reductions are float64
+Contiguous tensors are handled as (N*C, H*W) rows, on which reductions and per-row scalings
+run fastest. On CPU, for contiguous float32/float64 tensors, viewing (N, C, H, W) as one
+sample with N*C channels also lets the native batch-norm kernels help: their backward
+reduction yields sum(g) and sum(g*(x - mean)) in one pass, and their statistics kernel gives
+centred variances when cancellation threatens. Anywhere else (CUDA, channels_last, half
+precision) plain broadcasting ops are used; both give the same values. Results of reductions are float64
 (N, C); per-(n, c) coefficients may come in any floating dtype and are cast to the big
 tensor's.
 """
@@ -35,11 +35,6 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _constant(value: float, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A read-only vector of `value`, cached: the batch-norm kernels want one every call."""
     return torch.full((n,), value, dtype=dtype, device=device)
-
-
-@functools.lru_cache(maxsize=4)
-def _empty(dtype: torch.dtype) -> torch.Tensor:
-    return torch.empty(0, dtype=dtype)
 
 
 def _flat_channels(t: torch.Tensor) -> torch.Tensor:
@@ -86,19 +81,21 @@ def _centred_stats(x: torch.Tensor, mean: torch.Tensor,
     return mean + shift, var
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """An (N*C, H*W) view of a contiguous (N, C, H, W) tensor or a (N*C, 1) one of (N, C)."""
+    return t.view(t.shape[0] * t.shape[1], -1)
+
+
 def scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """x * scale[n, c] + shift[n, c] in x's dtype and memory format; scale, shift (N, C)."""
     scale, shift = scale.to(x.dtype), shift.to(x.dtype)
+    # Written into `out` itself: a view returned from the autograd Function could not be
+    # modified in place (by an inplace ReLU, say).
     out = torch.empty_like(x)
-    if _fast(x):
-        nc = scale.numel()
-        # The out= form writes into `out` itself: a view returned from the autograd
-        # Function could not be modified in place (by an inplace ReLU, say).
-        torch.ops.aten.native_batch_norm.out(
-            _flat_channels(x), scale.view(nc), shift.view(nc),
-            _constant(0.0, nc, x.dtype, x.device), _constant(1.0, nc, x.dtype, x.device),
-            False, 0.0, 0.0, out=_flat_channels(out), save_mean=_empty(x.dtype),
-            save_invstd=_empty(x.dtype))
+    if x.is_contiguous():
+        # On (N*C, H*W) rows a multiply then an in-place add (the second pass over data
+        # still in cache) beats both one broadcasting addcmul and the batch-norm kernel.
+        torch.mul(_rows(x), _rows(scale), out=_rows(out)).add_(_rows(shift))
         return out
     return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None], out=out)
 
@@ -125,4 +122,8 @@ def combine(grad: torch.Tensor, x: torch.Tensor, p: torch.Tensor, neg_q: torch.T
             r: torch.Tensor) -> torch.Tensor:
     """grad * p[n, c] - x * neg_q[n, c] + r[n, c] in x's dtype; p, neg_q, r (N, C)."""
     out = scale_shift(grad.to(x.dtype), p, r)
-    return out.addcmul_(x, neg_q.to(x.dtype)[:, :, None, None], value=-1)
+    neg_q = neg_q.to(x.dtype)
+    if x.is_contiguous() and out.is_contiguous():
+        _rows(out).addcmul_(_rows(x), _rows(neg_q), value=-1)
+        return out
+    return out.addcmul_(x, neg_q[:, :, None, None], value=-1)
