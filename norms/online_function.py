@@ -65,7 +65,7 @@ class OnlineNormFunction(torch.autograd.Function):
         scale, shift = a0, b0
         if ecm == "ls":
             # E_hw[z^2] = Var(z) + E[z]^2 = a0^2*s2 + E[z]^2, no pass over x needed.
-            mean_z2 = torch.addcmul(mean_z.square(), a0.square(), s2)
+            mean_z2 = torch.addcmul(mean_z * mean_z, a0 * a0, s2)
             f = mean_z2.mean(1, keepdim=True).add_(ls_eps).rsqrt_()
             k_scale = f.pow(3).mul_(1.0 / (x.shape[1] * x.shape[2] * x.shape[3]))
             scale, shift = a0 * f, b0 * f
@@ -118,7 +118,7 @@ class OnlineNormFunction(torch.autograd.Function):
         # E_hw[y] = r*d and E_hw[y^2] = r^2*(s2 + d^2).
         one_b = 1.0 - beta
         w_hw = weight.double().div_(hw) if weight is not None else 1.0 / hw
-        r2 = r.square()
+        r2 = r * r
         coef = torch.addcmul(_one(r.device), r2, torch.addcmul(s2, d, d), value=-one_b)
         v_all = varying_decay(v, coef, sum_dzy * w_hw)
         v_i = v_all[:-1]

@@ -47,23 +47,33 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, c, h, w = x.shape
     hw = h * w
     acc = _acc_dtype(x.dtype)
-    # Reductions over the last dim of an (N*C, H*W) view run faster than over dims (2, 3).
-    flat, dims = (x.view(n * c, hw), 1) if x.is_contiguous() else (x, (2, 3))
-    total = flat.sum(dims, dtype=acc).view(n, c)
-    mean = total.double().div_(hw)
-    if hw == 1:
-        return mean, torch.zeros_like(mean)
-    norm = torch.linalg.vector_norm(flat, 2, dims, dtype=acc).view(n, c)
-    if x.dtype != torch.float64:
-        # var < ratio*E[x^2] <=> |sum| > sqrt((1-ratio)*hw)*norm; the threshold is loose,
-        # so the test runs on the float32 sums. Past it, var >= ratio*E[x^2] > 0 exactly
-        # enough that no clamp is needed. The check syncs with a device, as any
-        # data-dependent fallback must.
-        bound = (hw * (1.0 - _CANCELLATION_RATIO)) ** 0.5
-        if float(torch.sub(total.abs(), norm, alpha=bound).max()) > 0:
-            return _centred_stats(x, mean, acc)
-        return mean, norm.double().square_().div_(hw).addcmul_(mean, mean, value=-1)
-    return mean, norm.square().div_(hw).addcmul_(mean, mean, value=-1).clamp_min_(0)
+    if _fast(x) and hw > 1:
+        # The batch-norm backward reduction with grad = x and mean 0 gives sum(x) and
+        # sum(x^2) in one pass over x.
+        nc = n * c
+        ones = _constant(1.0, nc, x.dtype, x.device)
+        flat = _flat_channels(x)
+        _, sum_sq, total = torch.ops.aten.native_batch_norm_backward(
+            flat, flat, ones, None, None, _constant(0.0, nc, x.dtype, x.device), ones, True,
+            0.0, [False, True, True])
+    else:
+        # Reductions over the last dim of an (N*C, H*W) view run faster than over (2, 3).
+        flat, dims = (x.view(n * c, hw), 1) if x.is_contiguous() else (x, (2, 3))
+        total = flat.sum(dims, dtype=acc)
+        if hw == 1:
+            return total.double().view(n, c), torch.zeros((n, c), dtype=torch.float64,
+                                                          device=x.device)
+        sum_sq = torch.linalg.vector_norm(flat, 2, dims, dtype=acc).square_()
+    mean = total.view(n, c).double().div_(hw)
+    mean_sq = sum_sq.view(n, c).double().div_(hw)
+    var = torch.addcmul(mean_sq, mean, mean, value=-1)
+    if x.dtype == torch.float64:
+        return mean, var.clamp_min_(0)
+    # The check syncs with a device, as any data-dependent fallback must. Past it,
+    # var >= ratio*E[x^2] >= 0, so no clamp is needed.
+    if float(torch.sub(var, mean_sq, alpha=_CANCELLATION_RATIO).min()) < 0:
+        return _centred_stats(x, mean, acc)
+    return mean, var
 
 
 def _centred_stats(x: torch.Tensor, mean: torch.Tensor,

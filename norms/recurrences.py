@@ -42,8 +42,9 @@ def constant_decay(state0: torch.Tensor, inputs: torch.Tensor, alpha: float,
     if alpha <= 0.0 or n * -math.log(alpha) > _LOG_RANGE:
         return constant_decay_scan(state0, inputs, alpha, scale)
     powers, scaled_inverse = _decay_powers(alpha, scale, n, inputs.device)
-    # Row 0 of the cumulative sum is s_0 itself (P_0 = 1), so no separate add is needed.
-    terms = torch.cat((state0.to(inputs.dtype)[None], inputs * scaled_inverse))
+    # Row 0 of the cumulative sum is s_0 itself (P_0 = 1), so no separate add is needed;
+    # cat promotes a float32 state to float64.
+    terms = torch.cat((state0[None], inputs * scaled_inverse))
     return terms.cumsum_(0).mul_(powers)
 
 
@@ -64,7 +65,7 @@ def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor
         products = torch.cumprod(coef, 0)
         lo, hi = torch.aminmax(products.abs())
         if float(lo) > 1.0 / _PRODUCT_RANGE and float(hi) < _PRODUCT_RANGE:
-            terms = torch.cat((state0.to(inputs.dtype)[None], inputs / products))
+            terms = torch.cat((state0[None], inputs / products))
             states = terms.cumsum_(0)
             states[1:] *= products
             return states
