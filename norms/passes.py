@@ -1,13 +1,14 @@
 """Online Normalization's passes over the big (N, C, H, W) tensors, by the fastest kernels.
 
-Contiguous tensors are handled as (N*C, H*W) rows, on which reductions and per-row scalings
-run fastest. On CPU, for contiguous float32/float64 tensors, viewing (N, C, H, W) as one
-sample with N*C channels also lets the native batch-norm kernels help: their backward
-reduction yields sum(g) and sum(g*(x - mean)) in one pass, and their statistics kernel gives
+On CPU, for contiguous float32/float64 tensors, viewing (N, C, H, W) as one sample with N*C
+channels lets the native batch-norm kernels do the work: their backward reduction yields
+sum(g) and sum(g*(x - mean)) (or, with g = x and mean 0, sum(x) and sum(x^2)) in one pass,
+their eval-mode forward is a fused per-channel x*A + B, and their statistics kernel gives
 centred variances when cancellation threatens. Anywhere else (CUDA, channels_last, half
-precision) plain broadcasting ops are used; both give the same values. Results of reductions are float64
-(N, C); per-(n, c) coefficients may come in any floating dtype and are cast to the big
-tensor's.
+precision) plain ops are used, on (N*C, H*W) rows where the tensor is contiguous (reductions
+and scalings run fastest there); both give the same values. Results of reductions are
+float64 (N, C); per-(n, c) coefficients may come in any floating dtype and are cast to the
+big tensor's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _constant(value: float, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A read-only vector of `value`, cached: the batch-norm kernels want one every call."""
     return torch.full((n,), value, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=4)
+def _empty(dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(0, dtype=dtype)
 
 
 def _flat_channels(t: torch.Tensor) -> torch.Tensor:
@@ -102,10 +108,15 @@ def scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
     # Written into `out` itself: a view returned from the autograd Function could not be
     # modified in place (by an inplace ReLU, say).
     out = torch.empty_like(x)
-    if x.is_contiguous():
-        # On (N*C, H*W) rows a multiply then an in-place add (the second pass over data
-        # still in cache) beats both one broadcasting addcmul and the batch-norm kernel.
-        torch.mul(_rows(x), _rows(scale), out=_rows(out)).add_(_rows(shift))
+    if _fast(x):
+        # The batch-norm eval kernel is a fused per-channel x*A + B: one pass, where a
+        # broadcasting addcmul runs unvectorized and a multiply then add takes two.
+        nc = scale.numel()
+        torch.ops.aten.native_batch_norm.out(
+            _flat_channels(x), scale.view(nc), shift.view(nc),
+            _constant(0.0, nc, x.dtype, x.device), _constant(1.0, nc, x.dtype, x.device),
+            False, 0.0, 0.0, out=_flat_channels(out), save_mean=_empty(x.dtype),
+            save_invstd=_empty(x.dtype))
         return out
     return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None], out=out)
 
