@@ -36,7 +36,8 @@ class OnlineNormFunction(torch.autograd.Function):
 
     # Each small (N, C) op costs a few microseconds whatever its size, so the float64 math
     # below is written to use as few as it can: merged multiply-adds, constants folded into
-    # Python floats, and what backward needs computed once here.
+    # Python floats, float32 parameters promoted by the ops themselves, nothing computed
+    # twice between forward and backward.
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
