@@ -118,7 +118,8 @@ class OnlineNormFunction(torch.autograd.Function):
         # The control process on g = w*dz, the gradient at the core output y, with
         # E_hw[y] = r*d and E_hw[y^2] = r^2*(s2 + d^2).
         one_b = 1.0 - beta
-        w_hw = weight.double().div_(hw) if weight is not None else 1.0 / hw
+        # Not in place: for float64 parameters .double() is the parameter itself.
+        w_hw = weight.double() / hw if weight is not None else 1.0 / hw
         r2 = r * r
         coef = torch.addcmul(_one(r.device), r2, torch.addcmul(s2, d, d), value=-one_b)
         v_all = varying_decay(v, coef, sum_dzy * w_hw)
