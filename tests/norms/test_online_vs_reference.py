@@ -104,3 +104,30 @@ def test_1d_negative_coefficient() -> None:
     ref = run_against_reference((16, 4), ecm="none", alpha_fwd=0.999, alpha_bkw=0.5, scale=1.2)
     assert ref.min_v_coef < 0
     assert all(torch.isfinite(t).all() for t in ref.buffers().values())
+
+
+@pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
+def test_float64_parameters_agree_and_stay_untouched_by_backward(ecm: str) -> None:
+    # .double() makes the parameters float64: any in-place op on a float64 "copy" of them
+    # would then silently modify the parameters themselves.
+    gen = torch.Generator().manual_seed(5)
+    twin32 = OnlineNorm2d(6, alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, clamp_val=1.5)
+    with torch.no_grad():
+        twin32.weight.copy_(1 + 0.5 * torch.randn(6, generator=gen))
+        twin32.bias.copy_(0.5 * torch.randn(6, generator=gen))
+    twin64 = OnlineNorm2d(6, alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, clamp_val=1.5)
+    twin64.load_state_dict(twin32.state_dict())
+    twin64.double()
+    weight0, bias0 = twin64.weight.detach().clone(), twin64.bias.detach().clone()
+    for _ in range(3):
+        x = torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64)
+        grad = torch.randn(4, 6, 5, 5, generator=gen, dtype=torch.float64)
+        outs = []
+        for layer in (twin32, twin64):
+            xi = x.clone().requires_grad_()
+            out = layer(xi)
+            out.backward(grad)
+            outs.append((out.detach(), xi.grad))
+        assert torch.equal(twin64.weight, weight0) and torch.equal(twin64.bias, bias0)
+        assert rel_err(outs[1][0], outs[0][0]) < 1e-6
+        assert rel_err(outs[1][1], outs[0][1]) < 1e-6
