@@ -10,13 +10,12 @@ and returns an `Experiment`.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable
 
 from trainers.config import DATASETS, NORM_MODES, config_fields
+from trainers.decay import parse_fraction
 from trainers.errors import UserError
 
 # Keys every kind accepts; a kind lists the extra keys it understands.
@@ -36,7 +35,6 @@ SYNTHETIC_KEYS = ("n_train", "n_test")
 # Trial settings the experiment fixes itself (dataset, data_dir) or the cell list sets (norm, seed).
 RESERVED_SETTINGS = ("dataset", "data_dir", "norm", "seed")
 CELL_EXTRA_KEYS = ("seeds", "resources")
-FRACTION = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 FLOAT_FIELDS = ("lr", "lr_multiplier", "momentum", "weight_decay", "afwd", "abkw")
 
 
@@ -111,9 +109,10 @@ def as_number(exp: str, key: str, value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
-        m = FRACTION.match(value)
-        if m and int(m.group(2)) != 0:
-            return float(Fraction(int(m.group(1)), int(m.group(2))))
+        try:
+            return parse_fraction(value)
+        except ValueError:
+            pass
     raise UserError(f"{where(exp, key)}: expected a number or a fraction like \"1023/1024\", "
                     f"got {value!r}")
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from orchestrator.experiments import Experiment
 from trainers.config import TrialConfig, make_config
+from trainers.decay import fraction_text
 
 LAUNCH_ONLY_FIELDS = ("data_dir", "workers", "device")
 
@@ -94,14 +94,3 @@ def describe_options(config: TrialConfig) -> str:
     if config.norm == "group":
         return f"groups={config.gn_num_groups}"
     return ""
-
-
-def fraction_text(value: float) -> str:
-    """1 - 2^-k as 'n/d' when exact, else the number."""
-    one_minus = 1.0 - value
-    if one_minus > 0:
-        k = round(-math.log2(one_minus))
-        if 0 < k < 40 and 1.0 - 2.0 ** -k == value:
-            d = 2 ** k
-            return f"{d - 1}/{d}"
-    return f"{value:g}"

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainers.decay import fraction_text
+
 from trainers.errors import UserError
 
 if TYPE_CHECKING:
@@ -111,12 +113,8 @@ class Summary:
 
 def _fmt_option(key: str, value: Any) -> str:
     if key in ("afwd", "abkw") and isinstance(value, (int, float)) and 0 < value < 1:
-        n = 1 / (1 - value)
-        rounded = round(n)
-        # 1023/1024 reads better than 0.9990234375; 0.999 stays 0.999
-        if abs(n - rounded) < 1e-6 and rounded >= 2 and rounded & (rounded - 1) == 0:
-            return f"{rounded - 1}/{rounded}"
-        return f"{value:g}"
+        # 1023/1024 reads better than 0.9990234375 (also after float32); 0.999 stays 0.999
+        return fraction_text(value, tolerance=1e-6)
     if isinstance(value, list):
         return "[" + ",".join(str(v) for v in value) + "]"
     if isinstance(value, float):

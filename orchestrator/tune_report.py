@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.grid import fraction_text
-from orchestrator.tuning import plot_heatmap, rank_configurations, yaml_snippet
+from orchestrator.tuning import load_ranking, plot_heatmap, yaml_snippet
+from trainers.decay import fraction_text
 
 
 def write_tuning_report(experiment: str, exp_dir: Path, top: int = 10) -> dict[str, Path]:
     """Write tables/ranking.{csv,md}, tables/best.yaml and plots/tuning_heatmap.png; print them."""
-    import pandas as pd
-
-    metrics_path, trials_path = exp_dir / "metrics.parquet", exp_dir / "trials.parquet"
-    if not metrics_path.exists():
-        print(f"{experiment}: no results yet in {exp_dir}")
-        return {}
-    trials = pd.read_parquet(trials_path) if trials_path.exists() else None
-    ranking = rank_configurations(pd.read_parquet(metrics_path), trials)
+    ranking = load_ranking(exp_dir)
     if ranking.empty:
         print(f"{experiment}: no finished epochs yet in {exp_dir}")
         return {}

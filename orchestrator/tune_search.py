@@ -14,7 +14,8 @@ from typing import Any
 
 from orchestrator.runner import RunSummary, run_trials
 from orchestrator.tune_experiment import make_scheduler, point_trials, space_of
-from orchestrator.tuning import dyadic, rank_configurations
+from orchestrator.tuning import load_ranking
+from trainers.decay import dyadic
 from trainers.errors import UserError
 
 # A configuration stopped early by the scheduler is finished for the search's purposes.
@@ -89,13 +90,7 @@ def recorded_points(results_dir: Path, experiment) -> tuple[list, list]:
 
 def config_scores(results_dir: Path, experiment) -> dict[tuple[float, float], float]:
     """(afwd, abkw) -> median over seeds of best val top-1, from the Parquet files."""
-    import pandas as pd
-
-    base = results_dir / experiment.name
-    if not (base / "metrics.parquet").exists():
-        return {}
-    trials = pd.read_parquet(base / "trials.parquet") if (base / "trials.parquet").exists() else None
-    ranking = rank_configurations(pd.read_parquet(base / "metrics.parquet"), trials)
+    ranking = load_ranking(results_dir / experiment.name)
     return {(r.afwd, r.abkw): float(r.median_best_val_acc1) for r in ranking.itertuples()}
 
 

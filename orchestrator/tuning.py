@@ -12,10 +12,10 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from trainers.decay import dyadic, dyadic_k, fraction_text
 from trainers.errors import UserError
 
 DECAY_KEYS = ("afwd", "abkw")
@@ -39,11 +39,6 @@ class DecayAxis:
             return dyadic(rng.randint(int(self.low), int(self.high)))
         one_minus = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
         return 1.0 - one_minus
-
-
-def dyadic(k: int) -> float:
-    """1 - 2^-k, exact in float64 for the k used here."""
-    return 1.0 - 2.0 ** -k
 
 
 def parse_axis(where: str, raw: Any) -> DecayAxis:
@@ -101,14 +96,6 @@ def random_points(space: dict[str, DecayAxis], num_samples: int, seed: int) -> l
     return points
 
 
-def as_fraction(value: float) -> str:
-    """1023/1024 for a dyadic value, else a plain decimal: what to paste into YAML."""
-    frac = Fraction(value).limit_denominator(2 ** 30)
-    if float(frac) == value and frac.denominator & (frac.denominator - 1) == 0:
-        return f"{frac.numerator}/{frac.denominator}"
-    return repr(value)
-
-
 def rank_configurations(metrics, trials=None):
     """One row per (afwd, abkw): median over seeds of each run's best val_acc1, best first.
 
@@ -135,21 +122,22 @@ def rank_configurations(metrics, trials=None):
                                ascending=[False, False], ignore_index=True)
 
 
+def load_ranking(exp_dir: Path):
+    """rank_configurations over an experiment folder's Parquet files (empty when none yet)."""
+    import pandas as pd
+
+    metrics_path, trials_path = exp_dir / "metrics.parquet", exp_dir / "trials.parquet"
+    metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else None
+    trials = pd.read_parquet(trials_path) if trials_path.exists() else None
+    return rank_configurations(metrics, trials)
+
+
 def yaml_snippet(best: dict[str, float]) -> str:
     """The best pair as an online-norm cell to paste into an experiment of experiments.yaml."""
     return ("- norm: online\n"
-            f"  afwd: {as_fraction(best['afwd'])}\n"
-            f"  abkw: {as_fraction(best['abkw'])}\n"
+            f"  afwd: {fraction_text(best['afwd'], exact=True)}\n"
+            f"  abkw: {fraction_text(best['abkw'], exact=True)}\n"
             "  ecm: ls\n")
-
-
-def dyadic_k(value: float) -> int | None:
-    """k when value == 1 - 2^-k exactly, else None."""
-    one_minus = 1.0 - value
-    if one_minus <= 0:
-        return None
-    k = round(-math.log2(one_minus))
-    return k if 0 < k <= 60 and dyadic(k) == value else None
 
 
 def plot_heatmap(ranking, path: Path, title: str) -> Path:
@@ -176,9 +164,9 @@ def plot_heatmap(ranking, path: Path, title: str) -> Path:
         for ka, kb, value in zip(k_afwd, k_abkw, acc):
             grid[rows.index(ka), cols.index(kb)] = value
         image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(cols)), [as_fraction(dyadic(k)) for k in cols], rotation=45,
+        ax.set_xticks(range(len(cols)), [fraction_text(dyadic(k)) for k in cols], rotation=45,
                       ha="right")
-        ax.set_yticks(range(len(rows)), [as_fraction(dyadic(k)) for k in rows])
+        ax.set_yticks(range(len(rows)), [fraction_text(dyadic(k)) for k in rows])
         for i in range(len(rows)):
             for j in range(len(cols)):
                 if not np.isnan(grid[i, j]):
@@ -195,8 +183,8 @@ def plot_heatmap(ranking, path: Path, title: str) -> Path:
         ax.set_ylabel("log2(1 - afwd)")
     best = ranking.iloc[0]
     fig.colorbar(image, ax=ax, label="median best val top-1 (%)")
-    ax.set_title(f"{title}\nbest: afwd {as_fraction(float(best['afwd']))}, "
-                 f"abkw {as_fraction(float(best['abkw']))}", fontsize=10)
+    ax.set_title(f"{title}\nbest: afwd {fraction_text(float(best['afwd']))}, "
+                 f"abkw {fraction_text(float(best['abkw']))}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -12,6 +12,7 @@ import sys
 from fractions import Fraction
 from typing import Any
 
+from trainers.decay import parse_fraction
 from trainers.config import DATASETS, ECM_MODES, IMAGENET_ARCHS, NORM_MODES, NORM_WD_MODES
 from trainers.errors import UserError
 
@@ -32,8 +33,8 @@ exit status: 0 trained (or evaluated), 2 bad input (one-line message),
 def _fraction(text: str) -> float:
     """A float or a fraction such as 1023/1024 (how the paper writes decay factors)."""
     try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
+        return parse_fraction(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or a fraction like 1023/1024, "
                                          f"got {text!r}") from None
 

@@ -62,8 +62,8 @@ def test_tune_with_asha_stops_some_trials_and_ranks_every_configuration(
     assert heatmap.read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     top = ranking.iloc[0]
-    from orchestrator.tuning import as_fraction
-    assert f"afwd: {as_fraction(top['afwd'])}" in out and "- norm: online" in out
+    from trainers.decay import fraction_text
+    assert f"afwd: {fraction_text(top['afwd'], exact=True)}" in out and "- norm: online" in out
 
     # re-running skips every finished configuration, including the stopped ones
     capsys.readouterr()
