@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from norms.online_function import ECM_MODES, OnlineNormFunction
+from norms.modes import ECM_MODES
+from norms.online_function import OnlineNormFunction
 
 
 class LayerScaling(nn.Module):

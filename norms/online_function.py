@@ -22,8 +22,6 @@ from torch.autograd.function import once_differentiable
 from norms import passes
 from norms.recurrences import constant_decay, varying_decay
 
-ECM_MODES = ("ls", "ac", "none")
-
 
 @functools.lru_cache(maxsize=8)
 def _one(device: torch.device) -> torch.Tensor:

@@ -6,11 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from norms.modes import ECM_MODES, NORM_MODES
 from trainers.errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
-NORM_MODES = ("batch", "group", "layer", "instance", "online", "none")
-ECM_MODES = ("ls", "ac", "none")
 IMAGENET_ARCHS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d",
