@@ -36,13 +36,18 @@ def cifar100_dir(tmp_path_factory) -> Path:
     return root
 
 
+def _synthetic_imagenet(tmp_path_factory, image_size: int) -> Path:
+    """4 classes, 32 train / 16 val images each, in ImageFolder layout."""
+    from trainers.data.synthetic import write_synthetic_imagenet
+    root = tmp_path_factory.mktemp(f"imagenet{image_size}")
+    write_synthetic_imagenet(root, classes=4, n_train_per_class=32, n_val_per_class=16,
+                             image_size=image_size, seed=0)
+    return root
+
+
 @pytest.fixture(scope="session")
 def imagenet_dir(tmp_path_factory) -> Path:
-    from trainers.data.synthetic import write_synthetic_imagenet
-    root = tmp_path_factory.mktemp("imagenet")
-    write_synthetic_imagenet(root, classes=4, n_train_per_class=32, n_val_per_class=16,
-                             image_size=32, seed=0)
-    return root
+    return _synthetic_imagenet(tmp_path_factory, 32)
 
 
 @pytest.fixture
@@ -58,8 +63,4 @@ def tiny_cifar(cifar10_dir):
 @pytest.fixture(scope="session")
 def imagenet64_dir(tmp_path_factory) -> Path:
     """64-pixel images: ResNet-18's last stage is then 2x2, not 1x1 (instance norm needs it)."""
-    from trainers.data.synthetic import write_synthetic_imagenet
-    root = tmp_path_factory.mktemp("imagenet64")
-    write_synthetic_imagenet(root, classes=4, n_train_per_class=32, n_val_per_class=16,
-                             image_size=64, seed=0)
-    return root
+    return _synthetic_imagenet(tmp_path_factory, 64)
