@@ -140,6 +140,23 @@ def yaml_snippet(best: dict[str, float]) -> str:
             "  ecm: ls\n")
 
 
+def dyadic_grid(ranking):
+    """(afwd k's, abkw k's, accuracy grid with NaN where not run) over the whole k ranges,
+    or None when some value is not 1 - 2^-k."""
+    import numpy as np
+
+    k_afwd = [dyadic_k(v) for v in ranking["afwd"]]
+    k_abkw = [dyadic_k(v) for v in ranking["abkw"]]
+    if None in k_afwd or None in k_abkw:
+        return None
+    rows = list(range(min(k_afwd), max(k_afwd) + 1))
+    cols = list(range(min(k_abkw), max(k_abkw) + 1))
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for ka, kb, value in zip(k_afwd, k_abkw, ranking["median_best_val_acc1"]):
+        grid[rows.index(ka), cols.index(kb)] = value
+    return rows, cols, grid
+
+
 def plot_heatmap(ranking, path: Path, title: str) -> Path:
     """afwd x abkw map of the ranking's median best accuracy.
 
@@ -153,16 +170,10 @@ def plot_heatmap(ranking, path: Path, title: str) -> Path:
     import numpy as np
 
     acc = ranking["median_best_val_acc1"].to_numpy(dtype=float)
-    k_afwd = [dyadic_k(v) for v in ranking["afwd"]]
-    k_abkw = [dyadic_k(v) for v in ranking["abkw"]]
-    if None not in k_afwd and None not in k_abkw:
-        # every value is 1 - 2^-k: a heatmap over the whole k range, blank where not run
-        rows = list(range(min(k_afwd), max(k_afwd) + 1))
-        cols = list(range(min(k_abkw), max(k_abkw) + 1))
+    dense = dyadic_grid(ranking)
+    if dense is not None:
+        rows, cols, grid = dense
         fig, ax = plt.subplots(figsize=(2.4 + 0.8 * len(cols), 1.8 + 0.55 * len(rows)))
-        grid = np.full((len(rows), len(cols)), np.nan)
-        for ka, kb, value in zip(k_afwd, k_abkw, acc):
-            grid[rows.index(ka), cols.index(kb)] = value
         image = ax.imshow(grid, origin="lower", cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(cols)), [fraction_text(dyadic(k)) for k in cols], rotation=45,
                       ha="right")

@@ -71,8 +71,17 @@ def test_snippet_writes_dyadic_values_as_exact_fractions():
     assert "afwd: 0.9987" in tuning.yaml_snippet({"afwd": 0.9987, "abkw": 0.5})
 
 
-def test_heatmap_writes_png(tmp_path):
-    ranking = pd.DataFrame({"afwd": [0.5, 0.5, 0.75], "abkw": [0.5, 0.75, 0.5],
+def test_heatmap_grid_spans_every_k_and_leaves_unrun_cells_blank(tmp_path):
+    import math
+
+    ranking = pd.DataFrame({"afwd": [0.5, 0.5, 0.75], "abkw": [0.5, 0.875, 0.5],
                             "median_best_val_acc1": [10.0, 20.0, 30.0]})
-    path = tuning.plot_heatmap(ranking, tmp_path / "heat.png", "t")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows, cols, grid = tuning.dyadic_grid(ranking)
+    assert rows == [1, 2] and cols == [1, 2, 3]           # abkw k=2 (3/4) never ran
+    assert grid[0, 0] == 10.0 and grid[0, 2] == 20.0 and grid[1, 0] == 30.0
+    assert math.isnan(grid[0, 1]) and math.isnan(grid[1, 2])
+    continuous = ranking.assign(afwd=[0.5, 0.5, 0.7])
+    assert tuning.dyadic_grid(continuous) is None         # drawn as a scatter instead
+    for frame in (ranking, continuous):
+        path = tuning.plot_heatmap(frame, tmp_path / "heat.png", "t")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
