@@ -7,6 +7,10 @@ analytically from the (n, c) statistics). Backward: the paper's control process 
 autograd gradient of the forward), done the same way: one reduction pass over (grad, x),
 float64 (N, C) math, then grad_x = g*P[n,c] + x*Q[n,c] + R[n,c].
 
+Every (n, c) quantity is a float64 (C, N) tensor, samples last: the recurrences scan along
+the contiguous dimension, per-channel vectors broadcast as (C, 1) columns and per-sample
+factors (layer scaling) as (1, N) rows.
+
 The Function never sees the module: the state buffers come in as tensors and are updated in
 place, so deep copies, pickling and DDP replicas each keep their own state.
 """
@@ -43,20 +47,20 @@ class OnlineNormFunction(torch.autograd.Function):
                 eps: float, ecm: str, ls_eps: float, clamp_val: float) -> torch.Tensor:
         a = alpha_fwd
         mu, s2 = passes.spatial_stats(x)
-        # Mean and variance states seen by each sample (rows 0..N-1) and after the batch (N).
+        # Mean and variance states seen by each sample (columns 0..N-1) and after the batch (N).
         m_all = constant_decay(m, mu, a, 1.0 - a)
-        m_i = m_all[:-1]
+        m_i = m_all[:, :-1]
         d = mu - m_i
         # (1-a)*s2 + a*(1-a)*d^2 = (1-a)*(s2 + a*d^2)
         var_all = constant_decay(var, torch.addcmul(s2, d, d, value=a), a, 1.0 - a)
-        r = var_all[:-1].add(eps).rsqrt_()
-        m.copy_(m_all[-1])
-        var.copy_(var_all[-1])
+        r = var_all[:, :-1].add(eps).rsqrt_()
+        m.copy_(m_all[:, -1])
+        var.copy_(var_all[:, -1])
 
         # z = a0*x + b0 = w*y + b, y = (x - m_i)*r; float32 parameters promote to float64.
-        a0 = r * weight if weight is not None else r
+        a0 = r * weight[:, None] if weight is not None else r
         if bias is not None:
-            b0 = torch.addcmul(bias, a0, m_i, value=-1)
+            b0 = torch.addcmul(bias[:, None], a0, m_i, value=-1)
         else:
             b0 = torch.mul(a0, m_i).neg_()
         mean_z = torch.addcmul(b0, a0, mu)          # E_hw[z]
@@ -65,10 +69,9 @@ class OnlineNormFunction(torch.autograd.Function):
         if ecm == "ls":
             # E_hw[z^2] = Var(z) + E[z]^2 = a0^2*s2 + E[z]^2, no pass over x needed.
             mean_z2 = torch.addcmul(mean_z * mean_z, a0 * a0, s2)
-            f = mean_z2.mean(1, keepdim=True).add_(ls_eps).rsqrt_()
+            f = mean_z2.mean(0, keepdim=True).add_(ls_eps).rsqrt_()
             k_scale = f.pow(3).mul_(1.0 / (x.shape[1] * x.shape[2] * x.shape[3]))
             scale, shift = a0 * f, b0 * f
-        scale = scale.to(x.dtype)                   # reused as grad_x's coefficient of G
         out = passes.scale_shift(x, scale, shift)
         if ecm == "ac":
             out.clamp_(-clamp_val, clamp_val)
@@ -99,7 +102,7 @@ class OnlineNormFunction(torch.autograd.Function):
         # dz = dL/dz, z = w*y + b the affine output; with ls, dz = f*G - k*z where
         # k = f^3/M * sum_(c,hw) G*z (M = C*H*W) per sample, since out = f*z.
         if ecm == "ls":
-            sum_gz = torch.addcmul(a0 * sum_gxc, mean_z, sum_g).sum(1, keepdim=True)
+            sum_gz = torch.addcmul(a0 * sum_gxc, mean_z, sum_g).sum(0, keepdim=True)
             k = k_scale * sum_gz
             ka0 = k * a0
             sum_dz = torch.addcmul(f * sum_g, k, mean_z, value=-hw)
@@ -110,22 +113,22 @@ class OnlineNormFunction(torch.autograd.Function):
             sum_dz, sum_dzxc = sum_g, sum_gxc
         sum_dzy = r * torch.addcmul(sum_dzxc, d, sum_dz)   # sum_hw dz*y, y = (x - m_i)*r
 
-        grad_weight = sum_dzy.sum(0).to(weight.dtype) if weight is not None else None
-        grad_bias = sum_dz.sum(0).to(bias.dtype) if bias is not None else None
+        grad_weight = sum_dzy.sum(1).to(weight.dtype) if weight is not None else None
+        grad_bias = sum_dz.sum(1).to(bias.dtype) if bias is not None else None
 
         # The control process on g = w*dz, the gradient at the core output y, with
         # E_hw[y] = r*d and E_hw[y^2] = r^2*(s2 + d^2).
         one_b = 1.0 - beta
         # Not in place: for float64 parameters .double() is the parameter itself.
-        w_hw = weight.double() / hw if weight is not None else 1.0 / hw
+        w_hw = weight.double()[:, None] / hw if weight is not None else 1.0 / hw
         r2 = r * r
         coef = torch.addcmul(_one(r.device), r2, torch.addcmul(s2, d, d), value=-one_b)
         v_all = varying_decay(v, coef, sum_dzy * w_hw)
-        v_i = v_all[:-1]
+        v_i = v_all[:, :-1]
         mean_t = torch.addcmul(sum_dz * w_hw, v_i, r * d, value=-one_b)
         u_all = constant_decay(u, r * mean_t, beta, 1.0)
-        u.copy_(u_all[-1])
-        v.copy_(v_all[-1])
+        u.copy_(u_all[:, -1])
+        v.copy_(v_all[:, -1])
 
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -135,8 +138,8 @@ class OnlineNormFunction(torch.autograd.Function):
             q = v_i * r2.mul_(one_b)
             if ka0 is not None:
                 q.addcmul_(ka0, a0)
-            c = torch.addcmul(u_all[:-1].mul(-one_b), q, m_i)
+            c = torch.addcmul(u_all[:, :-1].mul(-one_b), q, m_i)
             if ka0 is not None and bias is not None:
-                c.addcmul_(ka0, bias, value=-1)
+                c.addcmul_(ka0, bias[:, None], value=-1)
             grad_x = passes.combine(grad, x, scale, q, c)
         return (grad_x, grad_weight, grad_bias) + (None,) * 10

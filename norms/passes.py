@@ -6,9 +6,11 @@ sum(g) and sum(g*(x - mean)) (or, with g = x and mean 0, sum(x) and sum(x^2)) in
 their eval-mode forward is a fused per-channel x*A + B, and their statistics kernel gives
 centred variances when cancellation threatens. Anywhere else (CUDA, channels_last, half
 precision) plain ops are used, on (N*C, H*W) rows where the tensor is contiguous (reductions
-and scalings run fastest there); both give the same values. Results of reductions are
-float64 (N, C); per-(n, c) coefficients may come in any floating dtype and are cast to the
-big tensor's.
+and scalings run fastest there); both give the same values.
+
+Per-(n, c) quantities travel samples-last, as (C, N) tensors (the layout the batch
+recurrences scan fastest): results of reductions are contiguous float64 (C, N); coefficients
+may come in any floating dtype and layout and are cast to the big tensor's.
 """
 
 from __future__ import annotations
@@ -48,8 +50,24 @@ def _flat_channels(t: torch.Tensor) -> torch.Tensor:
     return t.view(1, n * c, h, w)
 
 
+def _transposed(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t.t() as a contiguous tensor of `dtype`, in one copy (`to` alone would keep the
+    transposed strides, and does not copy at all when the dtype already matches)."""
+    return torch.empty((t.shape[1], t.shape[0]), dtype=dtype, device=t.device).copy_(t.t())
+
+
+def _samples_last(t: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """An (N*C,) or (N, C) result as a contiguous float64 (C, N)."""
+    return _transposed(t.view(n, c), torch.float64)
+
+
+def _samples_first(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A (C, N) coefficient as a contiguous (N, C) tensor of `dtype`."""
+    return _transposed(t, dtype)
+
+
 def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) mean and biased variance of x over H and W, float64."""
+    """Per-(n, c) mean and biased variance of x over H and W, float64 (C, N)."""
     n, c, h, w = x.shape
     hw = h * w
     acc = _acc_dtype(x.dtype)
@@ -67,11 +85,11 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat, dims = (x.view(n * c, hw), 1) if x.is_contiguous() else (x, (2, 3))
         total = flat.sum(dims, dtype=acc)
         if hw == 1:
-            return total.double().view(n, c), torch.zeros((n, c), dtype=torch.float64,
-                                                          device=x.device)
+            return _samples_last(total, n, c), torch.zeros((c, n), dtype=torch.float64,
+                                                           device=x.device)
         sum_sq = torch.linalg.vector_norm(flat, 2, dims, dtype=acc).square_()
-    mean = total.view(n, c).double().div_(hw)
-    mean_sq = sum_sq.view(n, c).double().div_(hw)
+    mean = _samples_last(total, n, c).div_(hw)
+    mean_sq = _samples_last(sum_sq, n, c).div_(hw)
     var = torch.addcmul(mean_sq, mean, mean, value=-1)
     if x.dtype == torch.float64:
         return mean, var.clamp_min_(0)
@@ -89,11 +107,11 @@ def _centred_stats(x: torch.Tensor, mean: torch.Tensor,
     hw = h * w
     if _fast(x):
         mean, var = torch.batch_norm_update_stats(_flat_channels(x), None, None, 0.0)
-        return mean.double().view(n, c), var.double().view(n, c)
-    centred = x - mean.to(x.dtype)[:, :, None, None]
-    shift = centred.sum((2, 3), dtype=acc).double() / hw
-    var = (torch.linalg.vector_norm(centred, 2, (2, 3), dtype=acc).double().square() / hw
-           - shift.square()).clamp_min(0)
+        return _samples_last(mean, n, c), _samples_last(var, n, c)
+    centred = x - mean.t().to(x.dtype)[:, :, None, None]
+    shift = _samples_last(centred.sum((2, 3), dtype=acc), n, c) / hw
+    norm = _samples_last(torch.linalg.vector_norm(centred, 2, (2, 3), dtype=acc), n, c)
+    var = (norm.square() / hw - shift.square()).clamp_min(0)
     return mean + shift, var
 
 
@@ -103,8 +121,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """x * scale[n, c] + shift[n, c] in x's dtype and memory format; scale, shift (N, C)."""
-    scale, shift = scale.to(x.dtype), shift.to(x.dtype)
+    """x * scale[n, c] + shift[n, c] in x's dtype and memory format; scale, shift (C, N)."""
+    scale, shift = _samples_first(scale, x.dtype), _samples_first(shift, x.dtype)
     # Written into `out` itself: a view returned from the autograd Function could not be
     # modified in place (by an inplace ReLU, say).
     out = torch.empty_like(x)
@@ -123,27 +141,28 @@ def scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
 
 def grad_sums(grad: torch.Tensor, x: torch.Tensor,
               mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) sum(grad) and sum(grad * (x - mean)) over H and W, float64."""
+    """Per-(n, c) sum(grad) and sum(grad * (x - mean)) over H and W, float64 (C, N);
+    mean (C, N)."""
+    n, c = x.shape[:2]
     if _fast(grad, x) and grad.dtype == x.dtype:
-        nc = mean.numel()
-        ones = _constant(1.0, nc, x.dtype, x.device)
+        ones = _constant(1.0, n * c, x.dtype, x.device)
         _, sum_gxc, sum_g = torch.ops.aten.native_batch_norm_backward(
             _flat_channels(grad), _flat_channels(x), ones, None, None,
-            mean.to(x.dtype).view(nc), ones, True, 0.0, [False, True, True])
-        return sum_g.double().view(mean.shape), sum_gxc.double().view(mean.shape)
+            _samples_first(mean, x.dtype).view(n * c), ones, True, 0.0, [False, True, True])
+        return _samples_last(sum_g, n, c), _samples_last(sum_gxc, n, c)
     acc = _acc_dtype(x.dtype)
     if x.dtype in _LOW_PRECISION:
         grad, x = grad.float(), x.float()
-    sum_g = grad.sum((2, 3), dtype=acc).double()
-    sum_gx = (grad * x).sum((2, 3), dtype=acc).double()
+    sum_g = _samples_last(grad.sum((2, 3), dtype=acc), n, c)
+    sum_gx = _samples_last((grad * x).sum((2, 3), dtype=acc), n, c)
     return sum_g, sum_gx - mean * sum_g
 
 
 def combine(grad: torch.Tensor, x: torch.Tensor, p: torch.Tensor, neg_q: torch.Tensor,
             r: torch.Tensor) -> torch.Tensor:
-    """grad * p[n, c] - x * neg_q[n, c] + r[n, c] in x's dtype; p, neg_q, r (N, C)."""
+    """grad * p[n, c] - x * neg_q[n, c] + r[n, c] in x's dtype; p, neg_q, r (C, N)."""
     out = scale_shift(grad.to(x.dtype), p, r)
-    neg_q = neg_q.to(x.dtype)
+    neg_q = _samples_first(neg_q, x.dtype)
     if x.is_contiguous() and out.is_contiguous():
         _rows(out).addcmul_(_rows(x), _rows(neg_q), value=-1)
         return out

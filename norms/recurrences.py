@@ -9,6 +9,9 @@ N-th power underflows, or a varying coefficient that is zero or nearly so, which
 a log-depth associative scan takes over: exact for any coefficient, but log2(N) rounds of
 ops. Everything here runs in float64: a decay of 0.999 rounded to float32 is already off by
 1e-5, and powers up to N compound that.
+
+Samples run along the last dimension: inputs are (C, N), states (C, N+1). Scans along the
+contiguous dimension are several times faster than along the first one.
 """
 
 from __future__ import annotations
@@ -25,27 +28,34 @@ _LOG_RANGE = 600.0
 @functools.lru_cache(maxsize=64)
 def _decay_powers(alpha: float, scale: float, n: int, device: torch.device
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(alpha^i for i = 0..n, scale*alpha^-(j+1) for j = 0..n-1) as float64 columns, cached
-    per layer shape: (n+1, 1) and (n, 1)."""
+    """(alpha^i for i = 0..n, scale*alpha^-(j+1) for j = 0..n-1) as float64 rows, cached
+    per layer shape."""
     exponents = torch.arange(n + 1, dtype=torch.float64)
     powers = torch.pow(torch.tensor(alpha, dtype=torch.float64), exponents)
-    return powers[:, None].to(device), (scale / powers[1:, None]).to(device)
+    return powers.to(device), (scale / powers[1:]).to(device)
 
 
 def constant_decay(state0: torch.Tensor, inputs: torch.Tensor, alpha: float,
                    scale: float) -> torch.Tensor:
     """States s_0..s_N of s_{i+1} = alpha*s_i + scale*inputs_i, s_0 = state0.
 
-    state0: (C,), any floating dtype; inputs: (N, C) float64. Returns (N+1, C) float64.
+    state0: (C,), any floating dtype; inputs: (C, N) float64. Returns (C, N+1) float64.
     """
-    n = inputs.shape[0]
+    n = inputs.shape[1]
     if alpha <= 0.0 or n * -math.log(alpha) > _LOG_RANGE:
         return constant_decay_scan(state0, inputs, alpha, scale)
     powers, scaled_inverse = _decay_powers(alpha, scale, n, inputs.device)
-    # Row 0 of the cumulative sum is s_0 itself (P_0 = 1), so no separate add is needed;
-    # cat promotes a float32 state to float64.
-    terms = torch.cat((state0[None], inputs * scaled_inverse))
-    return terms.cumsum_(0).mul_(powers)
+    # Column 0 of the cumulative sum is s_0 itself (P_0 = 1), so no separate add is needed.
+    terms = _prepend(state0, inputs * scaled_inverse)
+    return terms.cumsum_(1).mul_(powers)
+
+
+def _prepend(column: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(C, N+1) float64: column (C,) first, then rows (C, N)."""
+    out = torch.empty((rows.shape[0], rows.shape[1] + 1), dtype=rows.dtype, device=rows.device)
+    out[:, 0] = column
+    out[:, 1:] = rows
+    return out
 
 
 # Partial products of v's coefficients outside (1/_PRODUCT_RANGE, _PRODUCT_RANGE) in magnitude
@@ -54,7 +64,7 @@ _PRODUCT_RANGE = math.exp(_LOG_RANGE)
 
 
 def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-    """States s_0..s_N of s_{i+1} = coef_i*s_i + inputs_i, s_0 = state0.
+    """States s_0..s_N of s_{i+1} = coef_i*s_i + inputs_i, s_0 = state0; (C, N) in, (C, N+1) out.
 
     coef may be negative, zero or tiny (v's coefficient 1 - (1-b)*E[y^2] is, for large
     inputs): the product form runs only when every partial product stays well inside
@@ -62,12 +72,11 @@ def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor
     wait for the device.
     """
     if coef.device.type == "cpu":
-        products = torch.cumprod(coef, 0)
+        products = torch.cumprod(coef, 1)
         lo, hi = torch.aminmax(products.abs())
         if float(lo) > 1.0 / _PRODUCT_RANGE and float(hi) < _PRODUCT_RANGE:
-            terms = torch.cat((state0[None], inputs / products))
-            states = terms.cumsum_(0)
-            states[1:] *= products
+            states = _prepend(state0, inputs / products).cumsum_(1)
+            states[:, 1:] *= products
             return states
     return varying_decay_scan(state0, coef, inputs)
 
@@ -76,19 +85,17 @@ def constant_decay_scan(state0: torch.Tensor, inputs: torch.Tensor, alpha: float
                    scale: float) -> torch.Tensor:
     """States s_0..s_N of s_{i+1} = alpha*s_i + scale*inputs_i, s_0 = state0.
 
-    state0: (C,) float64; inputs: (N, C) float64. Returns (N+1, C). A Hillis-Steele scan
+    state0: (C,) float64; inputs: (C, N) float64. Returns (C, N+1). A Hillis-Steele scan
     whose composed decays are the scalars alpha**step: elementwise ops only, because a
     matrix product with the decay-power matrix goes to a multithreaded BLAS, whose wake-ups
     cost far more than this small product on a busy machine.
     """
-    n = inputs.shape[0]
-    states = torch.empty((n + 1, inputs.shape[1]), dtype=inputs.dtype, device=inputs.device)
-    states[0] = state0
-    torch.mul(inputs, scale, out=states[1:])
+    n = inputs.shape[1]
+    states = _prepend(state0, inputs * scale)
     step = 1
     while step <= n:
         # After this round, state i sums the contributions of elements i-2*step+1..i.
-        states[step:] = torch.add(states[step:], states[:-step], alpha=alpha ** step)
+        states[:, step:] = torch.add(states[:, step:], states[:, :-step], alpha=alpha ** step)
         step *= 2
     return states
 
@@ -98,21 +105,21 @@ def varying_decay_scan(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.T
     """States s_0..s_N of s_{i+1} = coef_i*s_i + inputs_i, s_0 = state0 (Hillis-Steele scan).
 
     coef may be zero or negative, so no logarithms or division: maps s -> A*s + B are composed
-    pairwise in log2(N+1) rounds. state0: (C,), coef and inputs: (N, C). Returns (N+1, C).
+    pairwise in log2(N+1) rounds. state0: (C,), coef and inputs: (C, N). Returns (C, N+1).
     """
-    n, c = coef.shape
+    c, n = coef.shape
     # maps[0] holds the A's, maps[1] the B's. Element 0 is the constant map s -> state0, so
     # the composed prefix ending at element i is the constant map s -> s_i.
-    maps = torch.empty((2, n + 1, c), dtype=coef.dtype, device=coef.device)
-    maps[0, 0] = 0
-    maps[0, 1:] = coef
-    maps[1, 0] = state0
-    maps[1, 1:] = inputs
+    maps = torch.empty((2, c, n + 1), dtype=coef.dtype, device=coef.device)
+    maps[0, :, 0] = 0
+    maps[0, :, 1:] = coef
+    maps[1, :, 0] = state0
+    maps[1, :, 1:] = inputs
     step = 1
     while step <= n:
         # (A_i, B_i) o (A_j, B_j) = (A_i*A_j, A_i*B_j + B_i), with j = i - step.
-        composed = maps[:, :-step] * maps[0, step:]
-        composed[1] += maps[1, step:]
-        maps[:, step:] = composed
+        composed = maps[:, :, :-step] * maps[0, :, step:]
+        composed[1] += maps[1, :, step:]
+        maps[:, :, step:] = composed
         step *= 2
     return maps[1]
