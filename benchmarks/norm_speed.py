@@ -2,7 +2,9 @@
 training step with Online Normalization against the same step with batch norm.
 
 Every ratio is measured against a baseline timed in the same run, interleaved with it so
-machine noise hits both alike. Usage: python -m benchmarks.norm_speed [--quick] [--threads N]
+machine noise hits both alike. The C library's allocator is tuned as the trainer tunes it
+(trainers/allocator.py), for every normalizer alike; --system-malloc keeps its defaults.
+Usage: python -m benchmarks.norm_speed [--quick] [--threads N] [--system-malloc]
 """
 
 from __future__ import annotations
@@ -84,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: torch's own choice)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep the C library's allocator defaults (the trainer raises "
+                             "its thresholds; see trainers/allocator.py)")
     args = parser.parse_args(argv)
+    if args.system_malloc:
+        os.environ["ONORM_SYSTEM_MALLOC"] = "1"
+    from trainers.allocator import retain_freed_memory
+    tuned = retain_freed_memory()
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, train mode, "
           f"forward+backward, median of {repeats} interleaved repeats")
     # Other processes competing for the cores distort multithreaded timings badly.
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"allocator: {'freed memory retained (as in training)' if tuned else 'C library defaults'}")
     header = f"{'shape':<20}" + "".join(f"{label:>20}" for label, _, _ in NORMS)
     print(header)
     for shape in SHAPES:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainers.allocator import retain_freed_memory
 from trainers.checkpoint import (CHECKPOINT_NAME, check_compatible, load_checkpoint,
                                  rng_state, save_checkpoint, set_rng_state)
 from trainers.config import TrialConfig
@@ -236,6 +237,7 @@ def train(config: TrialConfig, report: Report | None = None, *, model_dir: str |
     """
     model_dir = Path(model_dir)
     progress = default_progress() if progress is None else progress
+    retain_freed_memory()   # before the first batch: keeps step tensors from page-faulting
     with _reproducible(config.seed):
         run = _Trainer(config, model_dir, progress, print_freq, log)
         if resume is not None:
