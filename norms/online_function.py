@@ -65,19 +65,24 @@ class OnlineNormFunction(torch.autograd.Function):
             b0 = torch.mul(a0, m_i).neg_()
         mean_z = torch.addcmul(b0, a0, mu)          # E_hw[z]
         k_scale = f = None
-        scale, shift = a0, b0
+        # The coefficients of the pass over x, written straight into x's dtype and layout.
+        scale, shift = passes.coefficient(x), passes.coefficient(x)
         if ecm == "ls":
             # E_hw[z^2] = Var(z) + E[z]^2 = a0^2*s2 + E[z]^2, no pass over x needed.
             mean_z2 = torch.addcmul(mean_z * mean_z, a0 * a0, s2)
             f = mean_z2.mean(0, keepdim=True).add_(ls_eps).rsqrt_()
             k_scale = f.pow(3).mul_(1.0 / (x.shape[1] * x.shape[2] * x.shape[3]))
-            scale, shift = a0 * f, b0 * f
+            torch.mul(a0, f, out=scale)
+            torch.mul(b0, f, out=shift)
+        else:
+            scale.copy_(a0)
+            shift.copy_(b0)
         out = passes.scale_shift(x, scale, shift)
         if ecm == "ac":
             out.clamp_(-clamp_val, clamp_val)
 
         ctx.save_for_backward(x, weight, bias)
-        ctx.small = (mu, s2, d, m_i, r, a0, b0, mean_z, f, k_scale, scale)
+        ctx.small = (mu, s2, d, m_i, r, a0, mean_z, f, k_scale, scale, shift)
         ctx.state = (u, v)
         ctx.config = (alpha_bkw, ecm, clamp_val)
         return out
@@ -86,14 +91,14 @@ class OnlineNormFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
-        mu, s2, d, m_i, r, a0, b0, mean_z, f, k_scale, scale = ctx.small
+        mu, s2, d, m_i, r, a0, mean_z, f, k_scale, scale, shift = ctx.small
         u, v = ctx.state
         beta, ecm, clamp_val = ctx.config
         hw = x.shape[2] * x.shape[3]
 
         grad = grad_out
         if ecm == "ac":
-            z = passes.scale_shift(x, a0, b0)
+            z = passes.scale_shift(x, scale, shift)   # without ls these are a0 and b0
             grad = grad_out * ((z >= -clamp_val) & (z <= clamp_val))
             del z
         # sum_hw G and sum_hw G*(x - mu), per (n, c).
@@ -139,7 +144,11 @@ class OnlineNormFunction(torch.autograd.Function):
             if ka0 is not None:
                 q.addcmul_(ka0, a0)
             c = torch.addcmul(u_all[:, :-1].mul(-one_b), q, m_i)
+            # the last op writes the pass's coefficient: float64 until that one rounding
+            c_out = passes.coefficient(x)
             if ka0 is not None and bias is not None:
-                c.addcmul_(ka0, bias[:, None], value=-1)
-            grad_x = passes.combine(grad, x, scale, q, c)
+                torch.addcmul(c, ka0, bias[:, None], value=-1, out=c_out)
+            else:
+                c_out.copy_(c)
+            grad_x = passes.combine(grad, x, scale, q, c_out)
         return (grad_x, grad_weight, grad_bias) + (None,) * 10

@@ -10,7 +10,8 @@ and scalings run fastest there); both give the same values.
 
 Per-(n, c) quantities travel samples-last, as (C, N) tensors (the layout the batch
 recurrences scan fastest): results of reductions are contiguous float64 (C, N); coefficients
-may come in any floating dtype and layout and are cast to the big tensor's.
+may come in any floating dtype and layout and are cast to the big tensor's. A coefficient
+made by `coefficient(x)` and written with out= is already as the passes read it: no copy.
 """
 
 from __future__ import annotations
@@ -62,8 +63,17 @@ def _samples_last(t: torch.Tensor, n: int, c: int) -> torch.Tensor:
 
 
 def _samples_first(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A (C, N) coefficient as a contiguous (N, C) tensor of `dtype`."""
+    """A (C, N) coefficient as a contiguous (N, C) tensor of `dtype` (itself if it is one)."""
+    flipped = t.t()
+    if t.dtype == dtype and flipped.is_contiguous():
+        return flipped
     return _transposed(t, dtype)
+
+
+def coefficient(x: torch.Tensor) -> torch.Tensor:
+    """An empty (C, N) per-(n, c) coefficient for passes over x, laid out as they read it
+    (samples first, x's dtype): fill it with out= and the passes take it as it is."""
+    return torch.empty((x.shape[0], x.shape[1]), dtype=x.dtype, device=x.device).t()
 
 
 def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,16 +46,18 @@ def constant_decay(state0: torch.Tensor, inputs: torch.Tensor, alpha: float,
         return constant_decay_scan(state0, inputs, alpha, scale)
     powers, scaled_inverse = _decay_powers(alpha, scale, n, inputs.device)
     # Column 0 of the cumulative sum is s_0 itself (P_0 = 1), so no separate add is needed.
-    terms = _prepend(state0, inputs * scaled_inverse)
+    terms, rest = _after_state(state0, inputs)
+    torch.mul(inputs, scaled_inverse, out=rest)
     return terms.cumsum_(1).mul_(powers)
 
 
-def _prepend(column: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(C, N+1) float64: column (C,) first, then rows (C, N)."""
-    out = torch.empty((rows.shape[0], rows.shape[1] + 1), dtype=rows.dtype, device=rows.device)
-    out[:, 0] = column
-    out[:, 1:] = rows
-    return out
+def _after_state(state0: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float64 (C, N+1) buffer holding state0 in column 0, and a view of its other columns
+    for the caller to write into (with out=, saving a copy)."""
+    buffer = torch.empty((inputs.shape[0], inputs.shape[1] + 1), dtype=inputs.dtype,
+                         device=inputs.device)
+    buffer[:, 0] = state0
+    return buffer, buffer[:, 1:]
 
 
 # Partial products of v's coefficients outside (1/_PRODUCT_RANGE, _PRODUCT_RANGE) in magnitude
@@ -75,8 +77,10 @@ def varying_decay(state0: torch.Tensor, coef: torch.Tensor, inputs: torch.Tensor
         products = torch.cumprod(coef, 1)
         lo, hi = torch.aminmax(products.abs())
         if float(lo) > 1.0 / _PRODUCT_RANGE and float(hi) < _PRODUCT_RANGE:
-            states = _prepend(state0, inputs / products).cumsum_(1)
-            states[:, 1:] *= products
+            states, rest = _after_state(state0, inputs)
+            torch.div(inputs, products, out=rest)
+            states.cumsum_(1)
+            rest *= products
             return states
     return varying_decay_scan(state0, coef, inputs)
 
@@ -91,7 +95,8 @@ def constant_decay_scan(state0: torch.Tensor, inputs: torch.Tensor, alpha: float
     cost far more than this small product on a busy machine.
     """
     n = inputs.shape[1]
-    states = _prepend(state0, inputs * scale)
+    states, rest = _after_state(state0, inputs)
+    torch.mul(inputs, scale, out=rest)
     step = 1
     while step <= n:
         # After this round, state i sums the contributions of elements i-2*step+1..i.
