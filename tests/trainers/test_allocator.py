@@ -45,8 +45,9 @@ def faults_per_step(**env: str) -> tuple[bool, float]:
 def test_retained_memory_stops_page_faults() -> None:
     tuned, faults = faults_per_step(ONORM_SYSTEM_MALLOC="0")
     assert tuned
-    # Without it this step re-faults a few hundred 4 KB pages (its fresh 2 MB outputs).
-    assert faults < 5
+    # Without it this step re-faults its fresh 2 MB outputs, 4 KB at a time: 230 to 290
+    # faults a step on the development machine, against 0.4 to 10 with it.
+    assert faults < 50
 
 
 def test_opt_out_keeps_the_c_library_defaults() -> None:
