@@ -90,10 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the C library's allocator defaults (the trainer raises "
                              "its thresholds; see trainers/allocator.py)")
     args = parser.parse_args(argv)
-    if args.system_malloc:
-        os.environ["ONORM_SYSTEM_MALLOC"] = "1"
     from trainers.allocator import retain_freed_memory
-    tuned = retain_freed_memory()
+    tuned = not args.system_malloc and retain_freed_memory()
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)

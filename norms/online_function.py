@@ -1,11 +1,11 @@
 """The fused training-mode Online Normalization op: core, affine and error compensation.
 
 Forward: one reduction pass over x for per-(sample, channel) statistics, the recurrences over
-the batch in float64 on (N, C) tensors, then one elementwise pass out = x*A[n,c] + B[n,c]
+the batch in float64 on per-(n, c) tensors, then one elementwise pass out = x*A[n,c] + B[n,c]
 that folds normalization, affine and layer scaling (whose per-sample factor follows
 analytically from the (n, c) statistics). Backward: the paper's control process (not the
 autograd gradient of the forward), done the same way: one reduction pass over (grad, x),
-float64 (N, C) math, then grad_x = g*P[n,c] + x*Q[n,c] + R[n,c].
+float64 per-(n, c) math, then grad_x = g*P[n,c] + x*Q[n,c] + R[n,c].
 
 Every (n, c) quantity is a float64 (C, N) tensor, samples last: the recurrences scan along
 the contiguous dimension, per-channel vectors broadcast as (C, 1) columns and per-sample
@@ -36,7 +36,7 @@ def _one(device: torch.device) -> torch.Tensor:
 class OnlineNormFunction(torch.autograd.Function):
     """Training-mode Online Normalization on an (N, C, H, W) input; updates m, var, u, v."""
 
-    # Each small (N, C) op costs a few microseconds whatever its size, so the float64 math
+    # Each small per-(n, c) op costs a few microseconds whatever its size, so the float64 math
     # below is written to use as few as it can: merged multiply-adds, constants folded into
     # Python floats, float32 parameters promoted by the ops themselves, nothing computed
     # twice between forward and backward.

@@ -2,7 +2,7 @@
 
 Every state update in the algorithm is a first-order linear recurrence across the samples of
 a batch, s_{i+1} = c_i*s_i + e_i, whose solution is s_i = P_i*(s_0 + sum_{j<i} e_j/P_{j+1})
-with P_i = c_0*...*c_{i-1}: a cumulative product and a cumulative sum, a handful of (N, C)
+with P_i = c_0*...*c_{i-1}: a cumulative product and a cumulative sum, a handful of per-(n, c)
 ops whatever N is. That form is used wherever the products stay inside float64's range
 (always for the constant decays of typical batches). Otherwise (a decay so small that its
 N-th power underflows, or a varying coefficient that is zero or nearly so, which v's can be)

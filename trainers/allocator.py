@@ -4,7 +4,7 @@ glibc returns freed heap memory to the OS once more than a few MB sit free at th
 heap, and serves blocks above a threshold straight from mmap. A training step frees and
 reallocates the same activation-sized blocks every iteration, so with those defaults many of
 them come back as fresh pages, and writing each 4 KB page costs a page fault: on the 2-core
-CPU used for development that was a third of an Online Normalization layer's time at
+CPU used for development that was a fifth to a third of an Online Normalization layer's time at
 (128, 64, 8, 8). Raising both thresholds keeps the process's peak heap mapped instead (as
 jemalloc or tcmalloc would), which is what a long training job wants.
 Set ONORM_SYSTEM_MALLOC=1 to keep the C library's defaults.
