@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from norms import OnlineNorm1d, OnlineNorm2d
+from norms import OnlineNorm1d, OnlineNorm2d, recurrences
 from online_reference import ReferenceOnlineNorm
 
 TOL = 1e-5
@@ -84,8 +84,26 @@ def test_decay_factors(alpha_fwd: float, alpha_bkw: float) -> None:
     run_against_reference((16, 3, 3, 5), alpha_fwd=alpha_fwd, alpha_bkw=alpha_bkw)
 
 
+@pytest.fixture(params=["products", "scan"])
+def v_recurrence(request, monkeypatch) -> list[int]:
+    """Run v's recurrence by cumulative products (CPU's usual path) or force the log-depth
+    scan (CUDA's only path, and CPU's when products leave float64's range); the returned
+    list counts the scan's calls."""
+    calls: list[int] = []
+    scan = recurrences.varying_decay_scan
+
+    def counted(*args):
+        calls.append(1)
+        return scan(*args)
+    monkeypatch.setattr(recurrences, "varying_decay_scan", counted)
+    if request.param == "scan":
+        monkeypatch.setattr(recurrences, "_PRODUCT_RANGE", 1.0)   # no product is in range
+    yield calls
+    assert bool(calls) == (request.param == "scan")
+
+
 @pytest.mark.parametrize("ecm", ["ls", "none"])
-def test_negative_v_coefficient(ecm: str) -> None:
+def test_negative_v_coefficient(ecm: str, v_recurrence: list[int]) -> None:
     # Inputs far larger than the initial variance of 1: E[y^2] >> 1/(1-b), so v's per-sample
     # coefficient 1 - (1-b)*E[y^2] is negative and the scan must not take logs or divide.
     ref = run_against_reference((16, 3, 4, 4), ecm=ecm, alpha_fwd=0.999, alpha_bkw=0.5,
@@ -100,7 +118,7 @@ def test_online_norm_1d(ecm: str, batch: int) -> None:
     run_against_reference((batch, 6), ecm=ecm)
 
 
-def test_1d_negative_coefficient() -> None:
+def test_1d_negative_coefficient(v_recurrence: list[int]) -> None:
     ref = run_against_reference((16, 4), ecm="none", alpha_fwd=0.999, alpha_bkw=0.5, scale=1.2)
     assert ref.min_v_coef < 0
     assert all(torch.isfinite(t).all() for t in ref.buffers().values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from norms import recurrences
 from norms.recurrences import constant_decay, varying_decay
 
 
@@ -57,8 +58,12 @@ def test_constant_decay_falls_back_to_the_scan_when_powers_leave_float64(n, alph
 
 
 @pytest.mark.parametrize("n", [2, 64, 256])
-def test_varying_decay_product_form_with_negative_coefficients(n):
-    # no zero coefficient: the cumulative-product form runs; signs alternate
+def test_varying_decay_product_form_with_negative_coefficients(n, monkeypatch):
+    # no zero coefficient: the cumulative-product form runs (the scan would fail the test);
+    # signs alternate
+    def no_scan(*args):
+        raise AssertionError("the product form should have run, not the scan")
+    monkeypatch.setattr(recurrences, "varying_decay_scan", no_scan)
     gen = torch.Generator().manual_seed(n)
     coef = torch.empty(n, 4, dtype=torch.float64).uniform_(0.3, 1.0, generator=gen)
     coef[::3] *= -1
