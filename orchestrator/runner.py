@@ -207,6 +207,10 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
             live.stop()
             ray.kill(store)
             recorder.interrupted()  # Ctrl-C or an early exit: running trials go back to pending
+        # Tune catches the first Ctrl-C itself and returns from fit() as if done; a trial left
+        # unfinished tells it apart, and the CLI then says how to resume (exit 130).
+        if any(recorder.rows[t.trial_id]["status"] == "pending" for t in pending):
+            raise KeyboardInterrupt
     finally:
         if started_ray:
             ray.shutdown()
