@@ -84,6 +84,7 @@ def tune_command(args: argparse.Namespace) -> int:
 
 def print_plan(experiment, trials, results_dir: Path) -> None:
     from orchestrator.dry_run import print_plan as print_trials
+    from orchestrator.recorder import SEARCH_DONE_STATUSES
 
     extra = experiment.extra
     space = ", ".join(f"{k} {v['kind']} [{v['low']:g}, {v['high']:g}]"
@@ -95,7 +96,7 @@ def print_plan(experiment, trials, results_dir: Path) -> None:
     print(f"{experiment.name}: searcher {extra['searcher']}, space {space}; {stop}; "
           f"{len(extra['seeds'])} seed(s) per configuration")
     if trials:
-        print_trials(experiment, trials, results_dir)
+        print_trials(experiment, trials, results_dir, SEARCH_DONE_STATUSES)
     else:
         print(f"optuna proposes {extra['num_samples']} configurations as results arrive; "
               "nothing to list before it runs")

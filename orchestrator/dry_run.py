@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.grid import TrialSpec, describe_options
+from orchestrator.recorder import DONE_STATUSES
 from orchestrator.status import trial_progress
 
 
-def print_plan(experiment, trials: list[TrialSpec], results_dir: Path) -> None:
+def print_plan(experiment, trials: list[TrialSpec], results_dir: Path,
+               done_statuses: tuple[str, ...] = DONE_STATUSES) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    progress = trial_progress(results_dir, experiment.name, trials)
+    progress = trial_progress(results_dir, experiment.name, trials, done_statuses)
     table = Table(title=f"{experiment.name}: {len(trials)} trials "
                         f"({experiment.dataset}, results in {results_dir / experiment.name})",
                   title_justify="left")

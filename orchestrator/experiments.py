@@ -107,6 +107,8 @@ def as_number(exp: str, key: str, value: Any) -> float:
     if isinstance(value, bool):
         raise UserError(f"{where(exp, key)}: expected a number, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):   # YAML's .nan and .inf
+            raise UserError(f"{where(exp, key)}: expected a finite number, got {value!r}")
         return float(value)
     if isinstance(value, str):
         try:

@@ -52,7 +52,13 @@ def make_trial_id(config: TrialConfig, synthetic: dict[str, int] | None = None) 
 
 
 def make_trial(config: TrialConfig, resources: dict[str, float],
-               synthetic: dict[str, int] | None = None) -> TrialSpec:
+               synthetic: dict[str, int] | None = None, *, cpu_only: bool = False) -> TrialSpec:
+    """cpu_only (`--cpu-only`): ask for no GPU but at least one CPU, and move a config pinned
+    to a GPU onto the CPU; device is launch-only, so the trial id stays the same."""
+    if cpu_only:
+        resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0}
+        if config.device.startswith("cuda"):
+            config = config.replace(device="cpu")
     return TrialSpec(make_trial_id(config, synthetic), config, dict(resources), synthetic)
 
 
@@ -66,10 +72,7 @@ def expand(experiment: Experiment, *, data_dir: str | None = None, cpu_only: boo
         for seed in cell.seeds:
             values = {**experiment.settings, **cell.options, "seed": seed}
             config = make_config(experiment.dataset, data_dir, **values)
-            resources = dict(cell.resources)
-            if cpu_only:
-                resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0}
-            trial = make_trial(config, resources, experiment.synthetic)
+            trial = make_trial(config, cell.resources, experiment.synthetic, cpu_only=cpu_only)
             if trial.trial_id not in seen:
                 seen.add(trial.trial_id)
                 trials.append(trial)

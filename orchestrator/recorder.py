@@ -21,6 +21,8 @@ from orchestrator.grid import TrialSpec
 
 STATUSES = ("pending", "running", "completed", "stopped", "diverged", "failed")
 DONE_STATUSES = ("completed", "diverged")
+# A search does not rerun what its scheduler stopped early: that is its answer for the point.
+SEARCH_DONE_STATUSES = DONE_STATUSES + ("stopped",)
 TRIAL_COLUMNS = [
     "experiment", "trial_id", "dataset", "arch", "depth", "norm", "afwd", "abkw", "ecm",
     "seed", "status", "epochs", "epochs_done", "best_epoch", "best_val_acc1", "config_json",

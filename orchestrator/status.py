@@ -9,9 +9,11 @@ from orchestrator.grid import TrialSpec
 from orchestrator.recorder import DONE_STATUSES, paths
 
 
-def trial_progress(results_dir: Path, experiment: str, trials: list[TrialSpec]
+def trial_progress(results_dir: Path, experiment: str, trials: list[TrialSpec],
+                   done_statuses: tuple[str, ...] = DONE_STATUSES
                    ) -> dict[str, tuple[str, int, str]]:
-    """trial_id -> (done|partial|new, epochs done, recorded status) from Parquet and checkpoints."""
+    """trial_id -> (done|partial|new, epochs done, recorded status) from Parquet and checkpoints;
+    done_statuses: those a rerun skips (a search also skips trials its scheduler stopped)."""
     p = paths(results_dir, experiment)
     recorded: dict[str, dict] = {}
     if p["trials"].exists():
@@ -25,7 +27,7 @@ def trial_progress(results_dir: Path, experiment: str, trials: list[TrialSpec]
         state = read_state(p["checkpoints"] / trial.trial_id)
         status = state["outcome"] or row.get("status") or ""
         epochs = max(int(row.get("epochs_done") or 0), int(state["epoch"]))
-        if status in DONE_STATUSES:
+        if status in done_statuses:
             out[trial.trial_id] = ("done", epochs, status)
         elif epochs > 0:
             out[trial.trial_id] = ("partial", epochs, status)

@@ -107,16 +107,14 @@ def point_trials(experiment: Experiment, points: list[dict[str, float]], *,
                  data_dir: str | None = None, cpu_only: bool = False) -> list[TrialSpec]:
     """One trial per (configuration, seed): the base settings with norm online and the point."""
     folder = data_folder(experiment, data_dir)
-    resources = dict(experiment.resources)
-    if cpu_only:
-        resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0}
     trials = []
     for point in points:
         for seed in experiment.extra["seeds"]:
             config = make_config(experiment.dataset, folder, **experiment.settings,
                                  norm="online", afwd=point["afwd"], abkw=point["abkw"],
                                  seed=seed)
-            trials.append(make_trial(config, resources, experiment.synthetic))
+            trials.append(make_trial(config, experiment.resources, experiment.synthetic,
+                                     cpu_only=cpu_only))
     return trials
 
 

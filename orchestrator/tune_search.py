@@ -12,14 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+from orchestrator.recorder import SEARCH_DONE_STATUSES
 from orchestrator.runner import RunSummary, run_trials
 from orchestrator.tune_experiment import make_scheduler, point_trials, space_of
 from orchestrator.tuning import load_ranking
-from trainers.decay import dyadic
+from trainers.decay import dyadic, dyadic_k
 from trainers.errors import UserError
 
 # A configuration stopped early by the scheduler is finished for the search's purposes.
-TUNE_DONE_STATUSES = ("completed", "diverged", "stopped")
 
 
 def run_points(experiment, points, results_dir: Path, options: dict[str, Any]) -> RunSummary:
@@ -30,7 +30,7 @@ def run_points(experiment, points, results_dir: Path, options: dict[str, Any]) -
     return run_trials(experiment.name, trials, results_dir, address=options.get("address"),
                       max_concurrent=options.get("max_concurrent"),
                       scheduler=make_scheduler(experiment), metric="val_acc1", mode="max",
-                      max_failures=experiment.max_failures, skip_statuses=TUNE_DONE_STATUSES)
+                      max_failures=experiment.max_failures, skip_statuses=SEARCH_DONE_STATUSES)
 
 
 def import_optuna():
@@ -62,14 +62,22 @@ def point_from_params(params: dict[str, Any]) -> dict[str, float]:
     return point
 
 
-def params_from_point(point: dict[str, float], distributions) -> dict[str, Any]:
+def params_from_point(point: dict[str, float], distributions) -> dict[str, Any] | None:
+    """Optuna's parameters for a recorded point; None when a dyadic axis cannot hold it."""
     params = {}
     for key in ("afwd", "abkw"):
         if f"k_{key}" in distributions:
-            params[f"k_{key}"] = int(round(-math.log2(1.0 - point[key])))
+            k = dyadic_k(point[key])
+            if k is None:
+                return None
+            params[f"k_{key}"] = k
         else:
             params[f"one_minus_{key}"] = 1.0 - point[key]
     return params
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def recorded_points(results_dir: Path, experiment) -> tuple[list, list]:
@@ -83,7 +91,7 @@ def recorded_points(results_dir: Path, experiment) -> tuple[list, list]:
     finished, unfinished = [], []
     for (afwd, abkw), rows in trials.groupby(["afwd", "abkw"], sort=False):
         point = {"afwd": float(afwd), "abkw": float(abkw)}
-        done = rows["status"].isin(TUNE_DONE_STATUSES).all()
+        done = rows["status"].isin(SEARCH_DONE_STATUSES).all()
         (finished if done else unfinished).append(point)
     return finished, unfinished
 
@@ -105,11 +113,18 @@ def run_optuna(experiment, results_dir: Path, options: dict[str, Any]) -> list[R
     finished, unfinished = recorded_points(results_dir, experiment)
     scores = config_scores(results_dir, experiment)
     for point in finished:
-        value = scores.get((point["afwd"], point["abkw"]))
-        study.add_trial(optuna.trial.create_trial(
-            params=params_from_point(point, distributions), distributions=distributions,
-            value=value, state=(optuna.trial.TrialState.COMPLETE if value is not None
-                                else optuna.trial.TrialState.FAIL)))
+        # NaN (every seed diverged) is a failed trial to Optuna, which refuses NaN values
+        value = _finite(scores.get((point["afwd"], point["abkw"])))
+        params = params_from_point(point, distributions)
+        if params is None:
+            continue   # recorded under a search space that has since changed
+        try:
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=distributions, value=value,
+                state=(optuna.trial.TrialState.COMPLETE if value is not None
+                       else optuna.trial.TrialState.FAIL)))
+        except ValueError:
+            continue   # outside the space's current bounds: it still counts as run
     batch_size = options.get("max_concurrent") or 2
     remaining = extra["num_samples"] - len(finished)
     summaries = []
@@ -122,8 +137,8 @@ def run_optuna(experiment, results_dir: Path, options: dict[str, Any]) -> list[R
         summaries.append(run_points(experiment, batch, results_dir, options))
         scores = config_scores(results_dir, experiment)
         for trial, point in zip(asked, batch[len(batch) - len(asked):]):
-            value = scores.get((point["afwd"], point["abkw"]))
-            if value is None or not math.isfinite(value):
+            value = _finite(scores.get((point["afwd"], point["abkw"])))
+            if value is None:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, value)

@@ -63,6 +63,23 @@ def test_cpu_only_drops_gpus(tmp_path):
     assert all(t.resources["gpu"] == 0 and t.resources["cpu"] >= 1 for t in trials)
 
 
+def test_cpu_only_moves_a_config_pinned_to_cuda_and_keeps_its_trial_id(tmp_path):
+    path = tiny_yaml(tmp_path / "e.yaml", """
+tiny:
+  dataset: cifar10
+  data_dir: data
+  resources: {cpu: 2, gpu: 1}
+  settings: {device: "cuda:0"}
+  cells:
+    - {norm: batch, seeds: 1}
+""")
+    experiment = load_experiments(path)["tiny"]
+    [on_gpu], [on_cpu] = expand(experiment), expand(experiment, cpu_only=True)
+    assert on_gpu.config.device == "cuda:0" and on_gpu.resources == {"cpu": 2, "gpu": 1}
+    assert on_cpu.config.device == "cpu" and on_cpu.resources == {"cpu": 2, "gpu": 0}
+    assert on_cpu.trial_id == on_gpu.trial_id
+
+
 def run_cli(capsys, tmp_path, body: str, experiment: str = "tiny", extra=()) -> tuple[int, str]:
     path = tiny_yaml(tmp_path / "bad.yaml", body)
     code = main(["run", experiment, "--config", str(path), "--dry-run",
@@ -86,6 +103,9 @@ tiny:
     ("  settings:", "  setings: {}\n  settings:", "unknown key 'setings' in the experiment"),
     ("epochs: 3", "epochs: three", "key 'settings.epochs': expected an integer"),
     ("epochs: 3", "epochs: 3, lr: fast", "key 'settings.lr': expected a number or a fraction"),
+    ("epochs: 3", "epochs: 3, lr: .nan", "key 'settings.lr': expected a finite number"),
+    ("epochs: 3", "epochs: 3, lr_multiplier: -.inf",
+     "key 'settings.lr_multiplier': expected a finite number"),
     ("{norm: batch, seeds: 2}", "{norm: batchnorm}", "unknown normalizer 'batchnorm'; choose"),
     ("    - {norm: batch, seeds: 2}", "    []", "empty grid"),
     ("  cells:\n    - {norm: batch, seeds: 2}", "  cells: []", "empty grid"),

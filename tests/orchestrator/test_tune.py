@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -87,7 +88,8 @@ def test_dry_run_imports_neither_torch_nor_ray():
     import subprocess
 
     code = ("import sys; from orchestrator.cli import main; "
-            f"main(['tune', 'tune-demo', '--config', {str(PROJECT_YAML)!r}, '--dry-run']); "
+            f"code = main(['tune', 'tune-demo', '--config', {str(PROJECT_YAML)!r}, '--dry-run']); "
+            "assert code == 0, f'dry run exited {code}'; "
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -149,3 +151,56 @@ def test_optuna_search_runs_its_budget_and_resumes_without_retraining(
     assert main(args) == 0   # budget spent: nothing new runs, nothing is retrained
     again = pd.read_parquet(results / "tiny-tune" / "trials.parquet")
     assert len(again) == 3 and list(again["attempts"]) == list(trials["attempts"])
+
+
+def test_optuna_resume_takes_diverged_and_out_of_space_configurations_in_stride(
+        tmp_path, monkeypatch):
+    # Recorded configurations Optuna cannot take as they are: one whose every seed diverged
+    # (its score is NaN) and two its current dyadic axis cannot hold. They count against the
+    # budget, the NaN one is a failed trial to Optuna, and the search asks only for the rest.
+    pytest.importorskip("optuna")
+    from orchestrator import tune_search
+    from orchestrator.runner import RunSummary
+    from trainers.decay import dyadic
+
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE.replace("searcher: random", "searcher: optuna")
+                      .replace("num_samples: 6", "num_samples: 4"))
+    experiment = load_experiments(config)["tiny-tune"]
+    diverged = {"afwd": dyadic(3), "abkw": dyadic(2)}
+    finished = [diverged, {"afwd": dyadic(12), "abkw": dyadic(2)},   # k 12 > today's kmax 10
+                {"afwd": 0.9, "abkw": dyadic(2)}]                    # not 1 - 2^-k at all
+    monkeypatch.setattr(tune_search, "recorded_points", lambda *args: (finished, []))
+    monkeypatch.setattr(tune_search, "config_scores",
+                        lambda *args: {(diverged["afwd"], diverged["abkw"]): float("nan")})
+    batches = []
+
+    def run_points(experiment, points, results_dir, options):
+        batches.append(points)
+        return RunSummary(experiment.name, {"completed": len(points)}, {})
+    monkeypatch.setattr(tune_search, "run_points", run_points)
+
+    tune_search.run_optuna(experiment, tmp_path / "results", {"max_concurrent": 2})
+    assert len(batches) == 1 and len(batches[0]) == 1   # 4 - 3 recorded = 1 new configuration
+    k_afwd = -math.log2(1 - batches[0][0]["afwd"])
+    assert k_afwd == round(k_afwd) and 1 <= k_afwd <= 10
+
+
+def test_dry_run_shows_a_trial_the_scheduler_stopped_as_done_for_a_search(tmp_path):
+    from orchestrator.recorder import SEARCH_DONE_STATUSES, paths
+    from orchestrator.status import trial_progress
+    from orchestrator.tune_experiment import point_trials
+
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE)
+    experiment = load_experiments(config)["tiny-tune"]
+    [trial] = point_trials(experiment, [{"afwd": 0.5, "abkw": 0.75}])
+    trials_path = paths(tmp_path, "tiny-tune")["trials"]
+    trials_path.parent.mkdir(parents=True)
+    pd.DataFrame({"trial_id": [trial.trial_id], "status": ["stopped"],
+                  "epochs_done": [1]}).to_parquet(trials_path)
+    # `onorm tune` does not rerun it; `onorm run` would, so there it is partial
+    assert trial_progress(tmp_path, "tiny-tune", [trial], SEARCH_DONE_STATUSES) == {
+        trial.trial_id: ("done", 1, "stopped")}
+    assert trial_progress(tmp_path, "tiny-tune", [trial]) == {
+        trial.trial_id: ("partial", 1, "stopped")}
