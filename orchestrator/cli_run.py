@@ -144,17 +144,12 @@ def print_summary(experiment, trials, summary) -> int:
 
 
 def write_report(exp_dir: Path) -> None:
-    """Tables and plots from the Parquet files, when the report module is installed."""
-    try:
-        from orchestrator import table
-    except ImportError as err:
-        if err.name == "orchestrator.table":
-            return
-        raise
-    if hasattr(table, "write_report"):
-        written = table.write_report(exp_dir)
-        accuracy = exp_dir / "tables" / "accuracy.md"
-        if accuracy in written:
-            print(accuracy.read_text())
-        print(f"tables:  {exp_dir / 'tables'}")
-        print(f"plots:   {exp_dir / 'plots'}")
+    """Tables and plots from the Parquet files; the accuracy table is printed too."""
+    from orchestrator import table
+
+    written = table.write_report(exp_dir)
+    accuracy = exp_dir / "tables" / "accuracy.md"
+    if accuracy in written:
+        print(accuracy.read_text())
+    print(f"tables:  {exp_dir / 'tables'}")
+    print(f"plots:   {exp_dir / 'plots'}")

@@ -40,7 +40,6 @@ METRIC_COLUMN = {"accuracy": "val_acc1", "loss": "val_loss"}
 HIGHER_IS_BETTER = {"val_acc1": True, "val_acc5": True, "train_acc1": True, "train_acc5": True,
                     "val_loss": False, "train_loss": False}
 
-DONE_STATUSES = ("completed", "stopped", "diverged")
 IN_PROGRESS_STATUSES = ("pending", "running", "failed")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 DATASET_ORDER = ("cifar10", "cifar100", "imagenet")

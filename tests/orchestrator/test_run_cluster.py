@@ -56,3 +56,6 @@ def test_gpu_grid_on_a_cluster_without_gpus_is_refused_before_submission(ray_exc
         run_trials("nogpu", [trial], tmp_path / "results", live=LiveView("nogpu", tty=False))
     assert not (tmp_path / "results" / "nogpu" / "metrics.parquet").exists() or \
         pd.read_parquet(tmp_path / "results" / "nogpu" / "metrics.parquet").empty
+    # refused before anything started: the trial is recorded, never attempted
+    rows = pd.read_parquet(tmp_path / "results" / "nogpu" / "trials.parquet")
+    assert rows["status"].tolist() == ["pending"] and rows["attempts"].tolist() == [0]
