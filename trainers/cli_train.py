@@ -14,7 +14,6 @@ from typing import Any
 
 from trainers.decay import parse_fraction
 from trainers.config import DATASETS, ECM_MODES, IMAGENET_ARCHS, NORM_MODES, NORM_WD_MODES
-from trainers.errors import UserError
 
 EXIT_DIVERGED = 3
 
@@ -124,8 +123,6 @@ def config_from_args(args: argparse.Namespace):
     overrides = {k: getattr(args, k) for k in _CONFIG_ARGS if getattr(args, k) is not None}
     if args.pretrained:
         overrides["pretrained"] = True
-    if args.start_epoch < 0:
-        raise UserError(f"--start-epoch must be >= 0, got {args.start_epoch}")
     return make_config(args.dataset, args.data_dir, **overrides)
 
 

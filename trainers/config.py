@@ -125,6 +125,10 @@ def validate(c: TrialConfig) -> None:
     _check(0 < c.afwd < 1, f"afwd must be in (0, 1), e.g. 1023/1024; got {c.afwd}")
     _check(0 < c.abkw < 1, f"abkw must be in (0, 1), e.g. 127/128; got {c.abkw}")
     _check(c.gn_num_groups >= 1, f"gn_num_groups must be at least 1, got {c.gn_num_groups}")
+    _check(c.workers >= 0, f"workers must be >= 0 (0 loads data in the main process), "
+                           f"got {c.workers}")
+    _check(c.synthetic_image_size >= 0, f"synthetic_image_size must be >= 0 (0: the real "
+                                        f"224-pixel crops), got {c.synthetic_image_size}")
     _check(all(isinstance(m, int) and m >= 1 for m in c.lr_milestones),
            f"lr_milestones must be positive epoch numbers, got {list(c.lr_milestones)}")
     _check(c.seed is None or (isinstance(c.seed, int) and c.seed >= 0),

@@ -236,6 +236,16 @@ def train(config: TrialConfig, report: Report | None = None, *, model_dir: str |
     dir holding checkpoint.pth.tar. start_epoch: epochs to treat as done when not resuming.
     """
     model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UserError(f"--model-dir {model_dir} is a file: give a folder")
+    if start_epoch and not 0 <= start_epoch < config.epochs:
+        raise UserError(f"--start-epoch must be in [0, {config.epochs}) for {config.epochs} "
+                        f"epochs, got {start_epoch}")
+    if resume is None and not evaluate_only and (model_dir / CHECKPOINT_NAME).exists():
+        # a fresh run here would overwrite its checkpoints and mix its metrics rows into
+        # the earlier run's (rows are keyed by epoch)
+        raise UserError(f"{model_dir} already holds a run ({CHECKPOINT_NAME}): pass --resume "
+                        f"{model_dir} to continue it, or choose another --model-dir")
     progress = default_progress() if progress is None else progress
     retain_freed_memory()   # before the first batch: keeps step tensors from page-faulting
     with _reproducible(config.seed):

@@ -111,17 +111,23 @@ def test_training_run_applies_flags_and_writes_model_dir(cifar10_dir, tmp_path, 
     assert f"acc1 {last.val_acc1:.2f}" in capsys.readouterr().out
 
 
-def test_depth_and_start_epoch_take_effect(cifar10_dir, tmp_path):
+def test_depth_and_start_epoch_take_effect(cifar10_dir, tmp_path, capsys):
     md = tmp_path / "md"
-    code = main(["train", "cifar10", str(cifar10_dir), "--model-dir", str(md), "-d", "14",
-                 "--epochs", "3", "--start-epoch", "2", "--lr-milestones", "2", "-b", "128",
-                 "-j", "0", "--seed", "0", "--device", "cpu", "-p", "0"])
+    argv = ["train", "cifar10", str(cifar10_dir), "--model-dir", str(md), "-d", "14",
+            "--epochs", "3", "--start-epoch", "2", "--lr-milestones", "2", "-b", "128",
+            "-j", "0", "--seed", "0", "--device", "cpu", "-p", "0"]
+    code = main(argv)
     assert code == 0
     df = pd.read_parquet(md / "metrics.parquet")
     assert df.epoch.tolist() == [3] and df.lr.tolist() == pytest.approx([0.01])
     state = torch.load(md / "checkpoint.pth.tar", weights_only=True)
     blocks = {k.split(".")[1] for k in state["model"] if k.startswith("layer1.")}
     assert len(blocks) == 2    # depth 14 = 6*2+2: two blocks per stage
+    # a fresh run into the same model dir is refused: it would mix its rows into these
+    capsys.readouterr()
+    assert main([*argv[:-6], "--norm-mode", "group", "-p", "0"]) == 2
+    assert "--resume" in _one_line_error(capsys)
+    pd.testing.assert_frame_equal(pd.read_parquet(md / "metrics.parquet"), df)
 
 
 def test_imagenet_folders_train(imagenet_dir, tmp_path):
@@ -159,6 +165,9 @@ def _one_line_error(capsys) -> str:
     (["-d", "9"], "depth 9 is not 6n+2"),
     (["--afwd", "1.5"], "afwd must be in (0, 1)"),
     (["-b", "0"], "batch_size must be at least 1"),
+    (["-j", "-1"], "workers must be >= 0"),
+    (["--start-epoch", "-1"], "--start-epoch must be in [0, 250)"),
+    (["--start-epoch", "250"], "--start-epoch must be in [0, 250)"),
     (["-a", "resnet50"], "only 'resnet'"),
     (["--device", "cuda:7"], "cuda"),
     (["--pretrained"], "--pretrained"),
@@ -200,3 +209,11 @@ def test_cli_module_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_model_dir_that_is_a_file_is_one_line(cifar10_dir, tmp_path, capsys):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert main(["train", "cifar10", str(cifar10_dir), "--model-dir", str(afile), "-d", "8",
+                 "-j", "0", "--device", "cpu"]) == 2
+    assert "is a file" in _one_line_error(capsys) and afile.read_text() == "mine"

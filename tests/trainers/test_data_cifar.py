@@ -273,6 +273,9 @@ def test_incomplete_or_corrupt_folder_is_a_user_error(tmp_path):
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(UserError, match="unreadable .data_batch_3"):
         build_data(cfg, CPU)
+    (folder / "data_batch_3").write_bytes(b"cno_such_module\nX\n.")   # pickle: import it
+    with pytest.raises(UserError, match="unreadable .data_batch_3: ModuleNotFoundError"):
+        build_data(cfg, CPU)
     (tmp_path / "cifar-100-python").mkdir()
     with pytest.raises(UserError, match=r"CIFAR-100 data incomplete \(meta missing\) in .*: "
                                         "expected cifar-100-python/train, test and meta"):

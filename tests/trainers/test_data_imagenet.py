@@ -100,3 +100,9 @@ def test_missing_and_mismatched_folders_are_user_errors(tmp_path, folder):
     shutil.rmtree(copy / "val" / "n10000002")
     with pytest.raises(UserError, match="train/ has 3 classes, val/ has 2"):
         build_data(_config(copy), CPU)
+
+
+def test_a_negative_synthetic_image_size_is_refused():
+    # it used to fall back silently to the real 224-pixel crops
+    with pytest.raises(UserError, match="synthetic_image_size must be >= 0"):
+        make_config("imagenet", "/d", synthetic_image_size=-5)

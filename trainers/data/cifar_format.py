@@ -68,8 +68,7 @@ def _read_batch(path: Path, layout: CifarLayout, root: Path) -> tuple[np.ndarray
         labels = np.asarray(entry[layout.label_key], dtype=np.int64)
     except FileNotFoundError:
         raise UserError(missing_message(root, layout, f"incomplete ({path.name} missing)"))
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError,
-            AttributeError) as err:
+    except Exception as err:   # a damaged pickle can fail in any way (even an import)
         raise UserError(missing_message(
             root, layout, f"unreadable ({path.name}: {type(err).__name__} {err})"))
     n = labels.shape[0]
