@@ -34,8 +34,7 @@ from trainers.records import EPOCH_METRIC_KEYS, metric_row, upsert_rows
 METRICS_NAME = "metrics.parquet"
 Report = Callable[[dict, Path], None]
 # Settings whose values live on in the optimizer/scheduler state of a checkpoint.
-RECIPE_KEYS = ("lr", "momentum", "weight_decay", "lr_milestones", "lr_multiplier",
-               "batch_size", "norm_weight_decay")
+RECIPE_KEYS = ("lr", "momentum", "weight_decay", "lr_milestones", "lr_multiplier")
 
 
 @dataclass

@@ -119,6 +119,23 @@ def test_checkpoint_of_another_model_is_a_user_error(tiny_cifar, three_epochs, t
     with pytest.raises(UserError, match="does not match the model.*depth=8"):
         train(tiny_cifar(depth=14), model_dir=tmp_path, progress=False,
               resume=model_dir, log=lambda s: None)
+    # what an epoch is, or the optimizer's parameter groups, must not change either
+    with pytest.raises(UserError, match="does not match the model.*batch_size=64 .now 32"):
+        train(tiny_cifar(batch_size=32), model_dir=tmp_path, progress=False,
+              resume=model_dir, log=lambda s: None)
+    with pytest.raises(UserError, match="does not match the model.*norm_weight_decay"):
+        train(tiny_cifar(norm_weight_decay="exempt"), model_dir=tmp_path, progress=False,
+              resume=model_dir, log=lambda s: None)
+    # group count matters only to group norm: this batch-norm checkpoint resumes
+    train(tiny_cifar(gn_num_groups=4, epochs=4), model_dir=tmp_path / "gn", progress=False,
+          resume=model_dir, log=lambda s: None)
+    assert pd.read_parquet(tmp_path / "gn" / "metrics.parquet").epoch.tolist() == [4]
+    # Online Norm's decay factors are not in its checkpoint: a change would go unseen
+    online = tiny_cifar(norm="online", epochs=1)
+    train(online, model_dir=tmp_path / "on", progress=False, log=lambda s: None)
+    with pytest.raises(UserError, match="does not match the model.*afwd="):
+        train(online.replace(afwd=0.5, epochs=2), model_dir=tmp_path / "on2", progress=False,
+              resume=tmp_path / "on", log=lambda s: None)
 
 
 def test_corrupt_or_missing_checkpoint_is_a_user_error(tiny_cifar, tmp_path):
