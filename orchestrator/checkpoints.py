@@ -13,27 +13,13 @@ wrapping it is made by `store_actor_class()` so this module never imports ray.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from trainers.atomic import write_bytes_durably
+
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 STATE_NAME = "state.json"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_state(trial_dir: Path) -> dict[str, Any]:
@@ -63,7 +49,7 @@ class CheckpointStore:
         return read_state(self.trial_dir(trial_id))
 
     def _write_state(self, trial_id: str, state: dict[str, Any]) -> None:
-        write_atomic(self.trial_dir(trial_id) / STATE_NAME,
+        write_bytes_durably(self.trial_dir(trial_id) / STATE_NAME,
                      json.dumps(state, allow_nan=True).encode())
 
     def begin(self, trial_id: str) -> dict[str, Any]:
@@ -85,7 +71,7 @@ class CheckpointStore:
         """
         state = self.state(trial_id)
         if data is not None:
-            write_atomic(self.trial_dir(trial_id) / CHECKPOINT_NAME, data)
+            write_bytes_durably(self.trial_dir(trial_id) / CHECKPOINT_NAME, data)
             state["epoch"] = int(epoch)
         history = [m for m in state["history"] if int(m["epoch"]) != int(epoch)]
         state["history"] = sorted(history + [metrics], key=lambda m: int(m["epoch"]))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.paper import DATASET_NAMES, network_name
 from orchestrator.stats import Runs, Setting, curve, load_runs
+from trainers.atomic import replace_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,8 +112,6 @@ def write_plots(results_dir: Path, include_running: bool = False,
         out_dir = results_dir / "plots"
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{column}.png"
-        tmp = path.with_name(f".{column}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
+        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         written.append(path)
     return written

@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.paper import DATASET_NAMES, network_name, paper_entry
 from orchestrator.stats import Runs, Summary, excluded_note, load_runs, summarize
+from trainers.atomic import replace_atomically
 
 METRICS = ("accuracy", "loss")
 FORMATS = ("md", "csv", "latex")
@@ -151,9 +152,8 @@ def write_tables(results_dir: Path, include_running: bool = False,
     for metric in METRICS:
         for fmt in FORMATS:
             path = out_dir / f"{metric}{FILE_SUFFIX[fmt]}"
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(render(runs, metric, fmt), encoding="utf-8")
-            tmp.replace(path)  # readers never see half a table
+            text = render(runs, metric, fmt)
+            replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
             written[(metric, fmt)] = path
     return written
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from trainers.atomic import replace_atomically
 from trainers.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
@@ -54,33 +53,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(cuda_state, index)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(state: dict[str, Any], model_dir: Path, is_best: bool) -> Path:
     """Write model_dir/checkpoint.pth.tar atomically; copy to model_best.pth.tar if best."""
-    model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / CHECKPOINT_NAME
-    _atomic_torch_save(state, path)
+    replace_atomically(path, lambda tmp: torch.save(state, tmp))
     if is_best:
-        fd, tmp = tempfile.mkstemp(prefix=f".{BEST_NAME}.", suffix=".tmp", dir=model_dir)
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for reading
-            os.replace(tmp, model_dir / BEST_NAME)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_atomically(model_dir / BEST_NAME, lambda tmp: shutil.copyfile(path, tmp))
     return path
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from trainers.atomic import replace_atomically
+from trainers.config import TrialConfig
+
 if TYPE_CHECKING:
     import pandas as pd
-
-    from trainers.config import TrialConfig
 
 # DESIGN.md's metric columns, in this order in every metrics.parquet.
 METRIC_COLUMNS = [
@@ -61,17 +60,7 @@ def _normalize_dtypes(df: "pd.DataFrame") -> "pd.DataFrame":
 
 def write_parquet_atomic(df: "pd.DataFrame", path: str | Path) -> None:
     """Write `df` to `path` so readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for reading
-        os.replace(tmp, path)  # atomic within one filesystem: tmp is in the same folder
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def upsert_rows(path: str | Path, rows: Sequence[Mapping[str, Any]],

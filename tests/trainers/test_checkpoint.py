@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,22 @@ def test_save_is_atomic_and_best_is_a_copy(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([BEST_NAME, CHECKPOINT_NAME])
     assert load_checkpoint(tmp_path)["epoch"] == 4
     assert load_checkpoint(tmp_path / BEST_NAME)["epoch"] == 3
+    # a save that dies half-way leaves the previous checkpoint whole and no temporary file
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise OSError("disk full")
+    torch.save = dies_half_way
+    try:
+        state["epoch"] = 5
+        with pytest.raises(OSError, match="disk full"):
+            save_checkpoint(state, tmp_path, is_best=True)
+    finally:
+        torch.save = real_save
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([BEST_NAME, CHECKPOINT_NAME])
+    assert load_checkpoint(tmp_path)["epoch"] == 4
+    assert (tmp_path / CHECKPOINT_NAME).stat().st_mode & 0o777 == 0o644
 
 
 def test_foreign_or_truncated_files_are_user_errors(tmp_path):
