@@ -82,7 +82,7 @@ def bench_resnet20(warmup: int, repeats: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: torch's own choice)")
