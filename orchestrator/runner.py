@@ -19,6 +19,7 @@ from typing import Any
 
 from orchestrator.grid import TrialSpec
 from orchestrator.live import LiveView
+from orchestrator.lock import experiment_lock
 from orchestrator.provenance import provenance
 from orchestrator.recorder import DONE_STATUSES, Recorder
 from orchestrator.trainable import STORE_NAMESPACE
@@ -153,66 +154,67 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
     test-only (e.g. {"exit_after_epoch": 2} kills the worker once on the first attempt).
     """
     results_dir = Path(results_dir).resolve()
-    live = live or LiveView(experiment)
-    recorder = Recorder(experiment, results_dir, trials, provenance(),
-                        skip_statuses=skip_statuses, on_change=live)
-    summary = RunSummary(experiment, {}, recorder.paths,
-                         skipped=[t.trial_id for t in recorder.skipped()])
-    for spec in recorder.skipped():
-        print(f"[{experiment}] skip {spec.trial_id} ({recorder.rows[spec.trial_id]['status']})",
-              file=sys.stderr)
-    pending = recorder.pending()
-    if not pending:
+    with experiment_lock(results_dir / experiment):   # one writer per folder
+        live = live or LiveView(experiment)
+        recorder = Recorder(experiment, results_dir, trials, provenance(),
+                            skip_statuses=skip_statuses, on_change=live)
+        summary = RunSummary(experiment, {}, recorder.paths,
+                             skipped=[t.trial_id for t in recorder.skipped()])
+        for spec in recorder.skipped():
+            print(f"[{experiment}] skip {spec.trial_id} ({recorder.rows[spec.trial_id]['status']})",
+                  file=sys.stderr)
+        pending = recorder.pending()
+        if not pending:
+            summary.counts = recorder.counts()
+            return summary
+
+        import ray
+        from ray import tune
+
+        started_ray = connect(address)
+        try:
+            check_resources(pending)
+            store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
+            store = start_store(recorder.paths["checkpoints"], store_name)
+
+            def resources(params: dict[str, Any]):
+                r = params["trial"]["resources"]
+                return tune.PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
+
+            from orchestrator.trainable import run_trial
+
+            tune_config = dict(max_concurrent_trials=max_concurrent, scheduler=scheduler,
+                               search_alg=search_alg)
+            if scheduler is not None or search_alg is not None:
+                tune_config.update(metric=metric, mode=mode)
+            tuner = tune.Tuner(
+                tune.with_resources(run_trial, resources),
+                param_space={"trial": tune.grid_search([t.to_payload() for t in pending]),
+                             "store": store_name, "experiment": experiment, "hooks": hooks or {}},
+                tune_config=tune.TuneConfig(**tune_config),
+                run_config=tune.RunConfig(
+                    name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(recorder.paths["ray"]),
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
+                    callbacks=[make_callback(recorder)], verbose=0),
+            )
+            # Tune's legacy reporter at verbose=0 prints nothing; the live view shows progress.
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            # Each failed attempt is shown as one line by the live view and its traceback kept
+            # in the trial's error file; Tune would print every traceback on the screen too.
+            logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+            live.start(recorder)
+            try:
+                tuner.fit()
+            finally:
+                live.stop()
+                ray.kill(store)
+                recorder.interrupted()  # Ctrl-C or an early exit: running trials go back to pending
+            # Tune catches the first Ctrl-C itself and returns from fit() as if done; a trial left
+            # unfinished tells it apart, and the CLI then says how to resume (exit 130).
+            if any(recorder.rows[t.trial_id]["status"] == "pending" for t in pending):
+                raise KeyboardInterrupt
+        finally:
+            if started_ray:
+                ray.shutdown()
         summary.counts = recorder.counts()
         return summary
-
-    import ray
-    from ray import tune
-
-    started_ray = connect(address)
-    try:
-        check_resources(pending)
-        store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
-        store = start_store(recorder.paths["checkpoints"], store_name)
-
-        def resources(params: dict[str, Any]):
-            r = params["trial"]["resources"]
-            return tune.PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
-
-        from orchestrator.trainable import run_trial
-
-        tune_config = dict(max_concurrent_trials=max_concurrent, scheduler=scheduler,
-                           search_alg=search_alg)
-        if scheduler is not None or search_alg is not None:
-            tune_config.update(metric=metric, mode=mode)
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, resources),
-            param_space={"trial": tune.grid_search([t.to_payload() for t in pending]),
-                         "store": store_name, "experiment": experiment, "hooks": hooks or {}},
-            tune_config=tune.TuneConfig(**tune_config),
-            run_config=tune.RunConfig(
-                name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(recorder.paths["ray"]),
-                failure_config=tune.FailureConfig(max_failures=max_failures),
-                callbacks=[make_callback(recorder)], verbose=0),
-        )
-        # Tune's legacy reporter at verbose=0 prints nothing; the live view shows progress.
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # Each failed attempt is shown as one line by the live view and its traceback kept
-        # in the trial's error file; Tune would print every traceback on the screen too.
-        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-        live.start(recorder)
-        try:
-            tuner.fit()
-        finally:
-            live.stop()
-            ray.kill(store)
-            recorder.interrupted()  # Ctrl-C or an early exit: running trials go back to pending
-        # Tune catches the first Ctrl-C itself and returns from fit() as if done; a trial left
-        # unfinished tells it apart, and the CLI then says how to resume (exit 130).
-        if any(recorder.rows[t.trial_id]["status"] == "pending" for t in pending):
-            raise KeyboardInterrupt
-    finally:
-        if started_ray:
-            ray.shutdown()
-    summary.counts = recorder.counts()
-    return summary

@@ -155,3 +155,18 @@ def test_fraction_strings_are_exact_and_code_is_not_evaluated(capsys, tmp_path):
     body = GOOD.replace("epochs: 3", "epochs: 3, afwd: '1 - 2**-10'")
     code, err = run_cli(capsys, tmp_path, body)
     assert code != 0 and "settings.afwd" in err
+
+
+def test_a_second_run_of_a_running_experiment_is_refused(capsys, tmp_path):
+    from orchestrator.lock import experiment_lock
+
+    config = tiny_yaml(tmp_path / "e.yaml")
+    results = tmp_path / "r"
+    with experiment_lock(results / "tiny"):   # as a run in another process holds it
+        code = main(["run", "tiny", "--config", str(config), "--results", str(results)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "another run of 'tiny' is writing" in err and "--results" in err
+    assert not (results / "tiny" / "trials.parquet").exists()   # it wrote nothing
+    with experiment_lock(results / "tiny"):   # released with its holder
+        pass
