@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from trainers.cli_data import positive_int
 from trainers.errors import UserError
 
 
@@ -34,20 +35,25 @@ def add_launch_arguments(p, what: str) -> None:
     p.add_argument("--data-dir", metavar="DIR", help="dataset folder (overrides the config's)")
     p.add_argument("--results", metavar="DIR", default="results",
                    help="results root; files go to DIR/EXPERIMENT (default: results)")
-    p.add_argument("--max-concurrent", metavar="N", type=int,
+    p.add_argument("--max-concurrent", metavar="N", type=positive_int,
                    help="run at most N trials at once (default: the config's, else as "
                         "resources allow)")
     p.add_argument("--cpu-only", action="store_true",
                    help="ask for no GPU per trial (at least 1 CPU), for clusters without GPUs")
 
 
-def load_trials(args: argparse.Namespace):
+def load_launch(args: argparse.Namespace, kind: str):
+    """(experiment, data_dir override or None, results root) for `onorm run` / `onorm tune`;
+    a UserError naming the right command when the experiment is of another kind."""
     from orchestrator.experiments import get_experiment, load_experiments
-    from orchestrator.grid import expand
 
     experiment = get_experiment(load_experiments(args.config), args.experiment)
+    if experiment.kind != kind:
+        command = "run" if experiment.kind == "grid" else experiment.kind
+        raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment: "
+                        f"run it with `onorm {command} {experiment.name}`")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    return experiment, expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
+    return experiment, data_dir, Path(args.results).expanduser().resolve()
 
 
 def check_data(experiment, trials) -> str | None:
@@ -81,13 +87,10 @@ def fetch_cifar_once(experiment, trials) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
-    experiment, trials = load_trials(args)
-    if experiment.kind != "grid":
-        raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment: "
-                        f"run it with `onorm {experiment.kind} {experiment.name}`")
-    results_dir = Path(args.results).expanduser().resolve()
+    from orchestrator.grid import expand
+
+    experiment, data_dir, results_dir = load_launch(args, "grid")
+    trials = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
     problem = check_data(experiment, trials)
     if args.dry_run:
         from orchestrator.dry_run import print_plan

@@ -11,8 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainers.errors import UserError
-
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -27,18 +25,10 @@ def add_parser(subparsers) -> None:
 
 
 def tune_command(args: argparse.Namespace) -> int:
-    from orchestrator.cli_run import check_data, prepare_data, write_resolved
-    from orchestrator.experiments import get_experiment, load_experiments
+    from orchestrator.cli_run import check_data, load_launch, prepare_data, write_resolved
     from orchestrator.tune_experiment import planned_points, point_trials
 
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        raise UserError(f"--max-concurrent must be at least 1, got {args.max_concurrent}")
-    experiment = get_experiment(load_experiments(args.config), args.experiment)
-    if experiment.kind != "tune":
-        raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment, not "
-                        f"a tuning one: run it with `onorm run {experiment.name}`")
-    data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    results_dir = Path(args.results).expanduser().resolve()
+    experiment, data_dir, results_dir = load_launch(args, "tune")
     points = planned_points(experiment)
     known = points if points is not None else [{"afwd": 0.5, "abkw": 0.5}]  # Optuna: data check
     trials = point_trials(experiment, known, data_dir=data_dir, cpu_only=args.cpu_only)

@@ -7,7 +7,7 @@ import argparse
 from trainers.errors import UserError
 
 
-def _int_at_least(minimum: int, what: str):
+def int_at_least(minimum: int, what: str):
     """An argparse type: an integer >= minimum, else a one-line error naming `what`."""
     def parse(text: str) -> int:
         try:
@@ -20,8 +20,8 @@ def _int_at_least(minimum: int, what: str):
     return parse
 
 
-_positive = _int_at_least(1, "positive")
-_seed = _int_at_least(0, "non-negative")
+positive_int = int_at_least(1, "positive")
+_seed = int_at_least(0, "non-negative")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,9 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cifar.add_argument("dir", metavar="DIR", help="data directory (the trainer's data_dir)")
     cifar.add_argument("--classes", type=int, choices=(10, 100), default=10,
                        help="10 for CIFAR-10, 100 for CIFAR-100 (default 10)")
-    cifar.add_argument("--train", type=_positive, default=5000, metavar="N",
+    cifar.add_argument("--train", type=positive_int, default=5000, metavar="N",
                        help="training images (default 5000)")
-    cifar.add_argument("--test", type=_positive, default=1000, metavar="M",
+    cifar.add_argument("--test", type=positive_int, default=1000, metavar="M",
                        help="test images (default 1000)")
     cifar.add_argument("--seed", type=_seed, default=0, help="generator seed (default 0)")
     cifar.set_defaults(func=_run_cifar)
@@ -47,13 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Write DIR/train/<class>/*.JPEG and "
                                           "DIR/val/<class>/*.JPEG.")
     imagenet.add_argument("dir", metavar="DIR", help="data directory (the trainer's data_dir)")
-    imagenet.add_argument("--classes", type=_positive, default=10, metavar="K",
+    imagenet.add_argument("--classes", type=positive_int, default=10, metavar="K",
                           help="number of classes, at least 2 (default 10)")
-    imagenet.add_argument("--train", type=_positive, default=50, metavar="N",
+    imagenet.add_argument("--train", type=positive_int, default=50, metavar="N",
                           help="training images per class (default 50)")
-    imagenet.add_argument("--val", type=_positive, default=10, metavar="M",
+    imagenet.add_argument("--val", type=positive_int, default=10, metavar="M",
                           help="validation images per class (default 10)")
-    imagenet.add_argument("--image-size", type=_positive, default=64, metavar="S",
+    imagenet.add_argument("--image-size", type=positive_int, default=64, metavar="S",
                           help="image side in pixels; train with synthetic_image_size set to "
                                "at most this (default 64)")
     imagenet.add_argument("--seed", type=_seed, default=0, help="generator seed (default 0)")

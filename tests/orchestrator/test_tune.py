@@ -204,3 +204,23 @@ def test_dry_run_shows_a_trial_the_scheduler_stopped_as_done_for_a_search(tmp_pa
         trial.trial_id: ("done", 1, "stopped")}
     assert trial_progress(tmp_path, "tiny-tune", [trial]) == {
         trial.trial_id: ("partial", 1, "stopped")}
+
+
+def test_each_command_names_the_other_for_an_experiment_of_its_kind(tmp_path, capsys):
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE + """
+tiny-grid:
+  dataset: cifar10
+  data_dir: data
+  synthetic: {n_train: 128, n_test: 64}
+  settings: {depth: 8, epochs: 1, workers: 0, device: cpu}
+  cells:
+    - {norm: batch, seeds: 1}
+""")
+    assert main(["run", "tiny-tune", "--config", str(config), "--dry-run"]) == 2
+    assert "run it with `onorm tune tiny-tune`" in capsys.readouterr().err
+    assert main(["tune", "tiny-grid", "--config", str(config), "--dry-run"]) == 2
+    assert "run it with `onorm run tiny-grid`" in capsys.readouterr().err
+    with pytest.raises(SystemExit):   # argparse: a usage line and exit 2
+        main(["run", "tiny-grid", "--config", str(config), "--max-concurrent", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
