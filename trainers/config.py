@@ -101,6 +101,12 @@ def _check(cond: bool, message: str) -> None:
         raise UserError(message)
 
 
+def check_cifar_depth(depth: int) -> None:
+    """The CIFAR ResNet has 6n+2 layers: 3 stages of n two-conv blocks, a stem and the fc."""
+    _check(depth >= 8 and (depth - 2) % 6 == 0,
+           f"depth {depth} is not 6n+2 (n >= 1): use e.g. 8, 14, 20, 32, 44, 56, 110")
+
+
 def validate(c: TrialConfig) -> None:
     """Type and range checks; every message names the setting and what is allowed."""
     _check(c.dataset in DATASETS, f"dataset {c.dataset!r}: choose one of {', '.join(DATASETS)}")
@@ -139,5 +145,4 @@ def validate(c: TrialConfig) -> None:
     else:
         _check(c.arch == "resnet", f"arch {c.arch!r} for {c.dataset}: only 'resnet' "
                "(the CIFAR ResNet, sized by depth)")
-        _check(c.depth >= 8 and (c.depth - 2) % 6 == 0,
-               f"depth {c.depth} is not 6n+2 (n >= 1): use e.g. 8, 14, 20, 32, 44, 56, 110")
+        check_cifar_depth(c.depth)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import nn
 
-from trainers.config import IMAGENET_ARCHS
+from trainers.config import IMAGENET_ARCHS, check_cifar_depth
 from trainers.errors import UserError
 
 if TYPE_CHECKING:
@@ -52,9 +52,7 @@ class CifarResNet(nn.Module):
 
     def __init__(self, depth: int, num_classes: int, norm_layer: NormLayer):
         super().__init__()
-        if depth < 8 or (depth - 2) % 6 != 0:
-            raise UserError(f"depth {depth} is not 6n+2 (n >= 1): use e.g. 8, 14, 20, 32, 44, "
-                            "56, 110")
+        check_cifar_depth(depth)
         n = (depth - 2) // 6
         self.conv1 = _conv3x3(3, 16)
         self.bn1 = norm_layer(16)
