@@ -4,7 +4,9 @@ training step with Online Normalization against the same step with batch norm.
 Every ratio is measured against a baseline timed in the same run, interleaved with it so
 machine noise hits both alike. The C library's allocator is tuned as the trainer tunes it
 (trainers/allocator.py), for every normalizer alike; --system-malloc keeps its defaults.
-Usage: python -m benchmarks.norm_speed [--quick] [--threads N] [--system-malloc]
+The targets are for the CPU; `--device cuda` prints the same table for a GPU (each timed
+call then waits for the device).
+Usage: python -m benchmarks.norm_speed [--quick] [--threads N] [--system-malloc] [--device D]
 """
 
 from __future__ import annotations
@@ -23,17 +25,20 @@ NORMS = (("batch", "batch", {}), ("group", "group", {"gn_num_groups": 8}),
          ("none", "none", {}))
 
 
-def _interleaved_medians(fns: dict[str, Callable[[], None]], warmup: int,
-                         repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls alternating between functions."""
+def _interleaved_medians(fns: dict[str, Callable[[], None]], warmup: int, repeats: int,
+                         sync: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Median seconds per call of each function, calls alternating between functions;
+    `sync` waits for an asynchronous device before and after each timed call."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -45,31 +50,38 @@ def _layer_step(layer, x, grad) -> Callable[[], None]:
     return step
 
 
-def bench_layers(shape: tuple[int, ...], warmup: int, repeats: int) -> dict[str, float]:
+def _sync(device):
+    import torch
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
+def bench_layers(shape: tuple[int, ...], warmup: int, repeats: int,
+                 device) -> dict[str, float]:
     import torch
     import norms
     torch.manual_seed(0)
-    x = torch.randn(shape, requires_grad=True)
-    grad = torch.randn(shape)
+    x = torch.randn(shape, device=device, requires_grad=True)
+    grad = torch.randn(shape, device=device)
     fns = {}
     for label, mode, options in NORMS:
-        layer = norms.build_norm(mode, shape[1], **options).train()
+        layer = norms.build_norm(mode, shape[1], **options).to(device).train()
         norms.materialize(layer, x.detach())
         fns[label] = _layer_step(layer, x, grad)
-    return _interleaved_medians(fns, warmup, repeats)
+    return _interleaved_medians(fns, warmup, repeats, _sync(device))
 
 
-def bench_resnet20(warmup: int, repeats: int) -> dict[str, float]:
+def bench_resnet20(warmup: int, repeats: int, device) -> dict[str, float]:
     import torch
     import norms
     from trainers.models import build_cifar_resnet
     torch.manual_seed(0)
-    images = torch.randn(128, 3, 32, 32)
-    labels = torch.randint(0, 10, (128,))
+    images = torch.randn(128, 3, 32, 32, device=device)
+    labels = torch.randint(0, 10, (128,), device=device)
     loss_fn = torch.nn.CrossEntropyLoss()
     fns = {}
     for label, mode, options in (("batch", "batch", {}), ("online ls", "online", {"ecm": "ls"})):
-        model = build_cifar_resnet(20, 10, norms.norm_factory(mode, **options)).train()
+        model = build_cifar_resnet(20, 10, norms.norm_factory(mode, **options))
+        model.to(device).train()
         norms.materialize(model, images[:1])
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
@@ -89,14 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep the C library's allocator defaults (the trainer raises "
                              "its thresholds; see trainers/allocator.py)")
+    parser.add_argument("--device", default="cpu", help="cpu (the targets' device) or cuda")
     args = parser.parse_args(argv)
     from trainers.allocator import retain_freed_memory
     tuned = not args.system_malloc and retain_freed_memory()
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        device = torch.device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        parser.error(f"--device {args.device}: {str(err).splitlines()[0]}")
     warmup, repeats = (1, 3) if args.quick else (3, 15)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, train mode, "
+    where = (f"{torch.get_num_threads()} threads" if device.type == "cpu"
+             else torch.cuda.get_device_name(device))
+    print(f"torch {torch.__version__}, {where}, float32, train mode, "
           f"forward+backward, median of {repeats} interleaved repeats")
     # Other processes competing for the cores distort multithreaded timings badly.
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
@@ -105,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     for shape in SHAPES:
         big = shape[0] * shape[1] * shape[2] * shape[3] > 10_000_000
-        times = bench_layers(shape, warmup, max(3, repeats // 3) if big else repeats)
+        times = bench_layers(shape, warmup, max(3, repeats // 3) if big else repeats, device)
         base = times["batch"]
         cells = "".join(f"{times[label] * 1e3:>9.2f}ms {times[label] / base:>5.2f}x  "
                         for label, _, _ in NORMS)
         print(f"{str(shape):<20}{cells}")
-    steps = bench_resnet20(warmup, repeats)
+    steps = bench_resnet20(warmup, repeats, device)
     ratio = steps["online ls"] / steps["batch"]
     print(f"ResNet-20 SGD step, batch 128, 32x32: batch norm {steps['batch'] * 1e3:.1f} ms, "
           f"online (ecm ls) {steps['online ls'] * 1e3:.1f} ms, ratio {ratio:.3f}x")

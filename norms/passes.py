@@ -91,38 +91,23 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             flat, flat, ones, None, None, _constant(0.0, nc, x.dtype, x.device), ones, True,
             0.0, [False, True, True])
     else:
-        # Reductions over the last dim of an (N*C, H*W) view run faster than over (2, 3).
+        # Welford's one-pass mean and variance: no cancellation, so no data-dependent check
+        # (which would make the host wait for a CUDA device at every layer).
         flat, dims = (x.view(n * c, hw), 1) if x.is_contiguous() else (x, (2, 3))
-        total = flat.sum(dims, dtype=acc)
-        if hw == 1:
-            return _samples_last(total, n, c), torch.zeros((c, n), dtype=torch.float64,
-                                                           device=x.device)
-        sum_sq = torch.linalg.vector_norm(flat, 2, dims, dtype=acc).square_()
+        if x.dtype in _LOW_PRECISION:
+            flat = flat.float()
+        var, mean = torch.var_mean(flat, dims, correction=0)
+        return _samples_last(mean, n, c), _samples_last(var, n, c)
     mean = _samples_last(total, n, c).div_(hw)
     mean_sq = _samples_last(sum_sq, n, c).div_(hw)
     var = torch.addcmul(mean_sq, mean, mean, value=-1)
     if x.dtype == torch.float64:
         return mean, var.clamp_min_(0)
-    # The check syncs with a device, as any data-dependent fallback must. Past it,
-    # var >= ratio*E[x^2] >= 0, so no clamp is needed.
+    # Past this check var >= ratio*E[x^2] >= 0, so no clamp is needed.
     if float(torch.sub(var, mean_sq, alpha=_CANCELLATION_RATIO).min()) < 0:
-        return _centred_stats(x, mean, acc)
-    return mean, var
-
-
-def _centred_stats(x: torch.Tensor, mean: torch.Tensor,
-                   acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance measured about a first estimate of the mean: no cancellation."""
-    n, c, h, w = x.shape
-    hw = h * w
-    if _fast(x):
         mean, var = torch.batch_norm_update_stats(_flat_channels(x), None, None, 0.0)
         return _samples_last(mean, n, c), _samples_last(var, n, c)
-    centred = x - mean.t().to(x.dtype)[:, :, None, None]
-    shift = _samples_last(centred.sum((2, 3), dtype=acc), n, c) / hw
-    norm = _samples_last(torch.linalg.vector_norm(centred, 2, (2, 3), dtype=acc), n, c)
-    var = (norm.square() / hw - shift.square()).clamp_min(0)
-    return mean + shift, var
+    return mean, var
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -163,9 +148,11 @@ def grad_sums(grad: torch.Tensor, x: torch.Tensor,
     acc = _acc_dtype(x.dtype)
     if x.dtype in _LOW_PRECISION:
         grad, x = grad.float(), x.float()
+    # Centred before the product: sum(g*x) - mean*sum(g) would cancel for offset inputs.
+    centred = x - _samples_first(mean, x.dtype)[:, :, None, None]
     sum_g = _samples_last(grad.sum((2, 3), dtype=acc), n, c)
-    sum_gx = _samples_last((grad * x).sum((2, 3), dtype=acc), n, c)
-    return sum_g, sum_gx - mean * sum_g
+    sum_gxc = _samples_last((grad * centred).sum((2, 3), dtype=acc), n, c)
+    return sum_g, sum_gxc
 
 
 def combine(grad: torch.Tensor, x: torch.Tensor, p: torch.Tensor, neg_q: torch.Tensor,

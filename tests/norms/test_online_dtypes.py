@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from devices import DEVICES
 from norms import OnlineNorm2d
 
 SHAPE = (8, 4, 5, 6)
@@ -17,17 +18,19 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def train_steps(dtype: torch.dtype, channels_last: bool, ecm: str, clamp: float,
-                steps: int = 3) -> list[dict[str, torch.Tensor]]:
+                steps: int = 3, device: str = "cpu") -> list[dict[str, torch.Tensor]]:
+    """Three training steps on `device`; every result comes back on the CPU."""
     gen = torch.Generator().manual_seed(1)
     layer = OnlineNorm2d(SHAPE[1], alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, clamp_val=clamp)
     with torch.no_grad():
         layer.weight.copy_(1 + 0.3 * torch.randn(SHAPE[1], generator=gen))
         layer.bias.copy_(0.3 * torch.randn(SHAPE[1], generator=gen))
+    layer.to(device)
     results = []
     for _ in range(steps):
         x64 = 2 * torch.randn(SHAPE, generator=gen, dtype=torch.float64) + 1
         g64 = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
-        x, g = x64.to(dtype), g64.to(dtype)
+        x, g = x64.to(device, dtype), g64.to(device, dtype)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
             g = g.contiguous(memory_format=torch.channels_last)
@@ -41,6 +44,7 @@ def train_steps(dtype: torch.dtype, channels_last: bool, ecm: str, clamp: float,
         results.append({"out": out.detach(), "grad_x": x.grad, "eval": evaluated,
                         "grad_weight": layer.weight.grad.clone(),
                         "m": layer.m.clone(), "v": layer.v.clone()})
+        results[-1] = {key: value.cpu() for key, value in results[-1].items()}
     return results
 
 
@@ -48,12 +52,14 @@ def train_steps(dtype: torch.dtype, channels_last: bool, ecm: str, clamp: float,
 @pytest.mark.parametrize("dtype,channels_last,tol", [
     (torch.float32, False, 1e-5), (torch.float32, True, 1e-5), (torch.float64, True, 1e-10),
     (torch.float16, False, 2e-2), (torch.bfloat16, False, 6e-2), (torch.bfloat16, True, 6e-2)])
-def test_matches_float64(dtype: torch.dtype, channels_last: bool, tol: float, ecm: str) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_float64(dtype: torch.dtype, channels_last: bool, tol: float, ecm: str,
+                         device: str) -> None:
     # In half precision an output rounded across the clamp edge switches its gradient on or
     # off (an O(1) change), so there the clamp is set wide enough never to act.
     clamp = CLAMP if dtype in (torch.float32, torch.float64) else 50.0
     expected = train_steps(torch.float64, False, ecm, clamp)
-    actual = train_steps(dtype, channels_last, ecm, clamp)
+    actual = train_steps(dtype, channels_last, ecm, clamp, device=device)
     for step, (got, want) in enumerate(zip(actual, expected)):
         assert got["out"].dtype == dtype and got["grad_x"].dtype == dtype
         assert got["grad_weight"].dtype == torch.float32
@@ -66,19 +72,36 @@ def test_matches_float64(dtype: torch.dtype, channels_last: bool, tol: float, ec
             assert rel_err(got_value, want_value) < tol, (step, key)
 
 
-def test_cancellation_in_float32_statistics() -> None:
-    # A large common offset: E[x^2] - E[x]^2 from float32 sums would lose most digits.
+def cancellation_errors(device: str = "cpu") -> dict[str, float]:
+    """float32 against float64 for inputs with a large common offset, where E[x^2] - E[x]^2
+    (forward) and sum(g*x) - mean*sum(g) (backward) from float32 sums would lose most
+    digits. Relative errors of the running variance and the weight gradient (made of
+    sum(g*(x - mean)) alone), per layout. (The input gradient x*Q + R cancels whatever the
+    sums, so it cannot tell.)"""
     gen = torch.Generator().manual_seed(2)
-    x64 = 1e3 + torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64)
+    # Values exactly representable in float32, so only the arithmetic differs.
+    x64 = (1e4 + torch.randn(4, 3, 8, 8, generator=gen)).double()
+    g64 = torch.randn(4, 3, 8, 8, generator=gen).double()
+    errors = {}
     for channels_last in (False, True):
-        outs = []
+        results = []
         for dtype in (torch.float64, torch.float32):
             # alpha_fwd 0: var is the last sample's own variance, not swamped by the
             # a*(1-a)*d^2 term of a decaying mean (which hid a 9-25% error at 0.5).
-            layer = OnlineNorm2d(3, alpha_fwd=0.0, ecm="none")
-            x = x64.to(dtype)
+            layer = OnlineNorm2d(3, alpha_fwd=0.0, ecm="none").to(device)
+            x = x64.to(device, dtype, copy=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            layer(x)
-            outs.append(layer.var.clone())
-        assert rel_err(outs[1], outs[0]) < 1e-5
+            x.requires_grad_()
+            layer(x).backward(g64.to(device, dtype))
+            results.append((layer.var.cpu(), layer.weight.grad.cpu()))
+        layout = "channels_last" if channels_last else "contiguous"
+        errors[f"{layout} var"] = rel_err(results[1][0], results[0][0])
+        errors[f"{layout} grad_weight"] = rel_err(results[1][1], results[0][1])
+    return errors
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cancellation_in_float32_statistics(device: str) -> None:
+    errors = cancellation_errors(device)
+    assert max(errors.values()) < 1e-5, errors

@@ -5,25 +5,30 @@ from __future__ import annotations
 import copy
 import io
 
+import pytest
 import torch
 from torch import nn
+
+from devices import DEVICES
 
 from norms import OnlineNorm1d, OnlineNorm2d
 
 BUFFERS = ("m", "var", "u", "v")
 
 
-def small_model() -> nn.Module:
+def small_model(device: str = "cpu") -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), OnlineNorm2d(4, alpha_fwd=0.9),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5), OnlineNorm1d(5))
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5),
+                         OnlineNorm1d(5)).to(device)
 
 
 def train_step(model: nn.Module, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(6, 3, 6, 6, generator=gen)
+    device = next(model.parameters()).device
+    x = torch.randn(6, 3, 6, 6, generator=gen).to(device)
     model.train()
     out = model(x)
-    out.backward(torch.randn(out.shape, generator=gen))
+    out.backward(torch.randn(out.shape, generator=gen).to(device))
     return out.detach()
 
 
@@ -32,8 +37,9 @@ def norm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
             if isinstance(module, (OnlineNorm1d, OnlineNorm2d)) for name in BUFFERS}
 
 
-def test_deep_copy_has_independent_statistics() -> None:
-    model = small_model()
+@pytest.mark.parametrize("device", DEVICES)
+def test_deep_copy_has_independent_statistics(device: str) -> None:
+    model = small_model(device)
     train_step(model, 0)
     before = norm_buffers(model)
     twin = copy.deepcopy(model)
@@ -48,8 +54,9 @@ def test_deep_copy_has_independent_statistics() -> None:
         assert torch.equal(value, changed[key])
 
 
-def test_whole_model_save_load_continues_identically() -> None:
-    model = small_model()
+@pytest.mark.parametrize("device", DEVICES)
+def test_whole_model_save_load_continues_identically(device: str) -> None:
+    model = small_model(device)
     train_step(model, 0)
     buffer = io.BytesIO()
     torch.save(model, buffer)
@@ -63,8 +70,9 @@ def test_whole_model_save_load_continues_identically() -> None:
                                                  norm_buffers(loaded).values()))
 
 
-def test_state_dict_round_trip() -> None:
-    model = small_model()
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_dict_round_trip(device: str) -> None:
+    model = small_model(device)
     train_step(model, 0)
     state = model.state_dict()
     for i, module in enumerate(model):
@@ -73,7 +81,7 @@ def test_state_dict_round_trip() -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    fresh = small_model()
+    fresh = small_model(device)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     assert torch.equal(train_step(model, 1), train_step(fresh, 1))
     for a, b in zip(norm_buffers(model).values(), norm_buffers(fresh).values()):

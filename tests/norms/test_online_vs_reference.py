@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from norms import OnlineNorm1d, OnlineNorm2d, recurrences
+from devices import CUDA, DEVICES
 from online_reference import ReferenceOnlineNorm
 
 TOL = 1e-5
@@ -19,7 +20,8 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def run_against_reference(shape: tuple[int, ...], ecm: str = "ls", affine: bool = True,
                           alpha_fwd: float = 0.9, alpha_bkw: float = 0.8, scale: float = 1.0,
                           iterations: int = 3, clamp_val: float = 1.5,
-                          seed: int = 0) -> ReferenceOnlineNorm:
+                          seed: int = 0, device: str = "cpu") -> ReferenceOnlineNorm:
+    """Trains the layer on `device` and the float64 reference on the CPU, side by side."""
     gen = torch.Generator().manual_seed(seed)
     channels = shape[1]
     layer_cls = OnlineNorm2d if len(shape) == 4 else OnlineNorm1d
@@ -31,57 +33,67 @@ def run_against_reference(shape: tuple[int, ...], ecm: str = "ls", affine: bool 
             layer.bias.copy_(0.5 * torch.randn(channels, generator=gen))
     ref = ReferenceOnlineNorm(channels, alpha_fwd, alpha_bkw, weight=layer.weight,
                               bias=layer.bias, ecm=ecm, clamp_val=clamp_val)
+    layer.to(device)
+    on_device = (lambda t: t) if device == "cpu" else (lambda t: t.detach().to(device))
+    on_host = lambda t: t.detach().cpu()  # noqa: E731
     as4d = (lambda t: t) if len(shape) == 4 else (lambda t: t[:, :, None, None])
     for it in range(iterations):
         # A per-channel offset and scale so the running statistics matter.
         offset = torch.randn(channels, generator=gen, dtype=torch.float64)
         view = (1, channels) + (1,) * (len(shape) - 2)
         x = (scale * torch.randn(shape, generator=gen, dtype=torch.float64) * (1 + offset.abs()).view(view)
-             + offset.view(view)).requires_grad_()
+             + offset.view(view))
         grad_out = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x_dev = on_device(x).requires_grad_()
         layer.train()
         if affine:
             layer.weight.grad = layer.bias.grad = None
-        out = layer(x)
-        out.backward(grad_out)
-        expected = ref.train_step(as4d(x.detach()), as4d(grad_out))
+        out = layer(x_dev)
+        assert out.device == x_dev.device
+        out.backward(on_device(grad_out))
+        expected = ref.train_step(as4d(x), as4d(grad_out))
         where = f"iteration {it}"
-        assert rel_err(as4d(out.detach()), expected["out"]) < TOL, where
-        assert rel_err(as4d(x.grad), expected["grad_x"]) < TOL, where
+        assert rel_err(as4d(on_host(out)), expected["out"]) < TOL, where
+        assert rel_err(as4d(on_host(x_dev.grad)), expected["grad_x"]) < TOL, where
         if affine:
-            assert rel_err(layer.weight.grad, expected["grad_weight"]) < TOL, where
-            assert rel_err(layer.bias.grad, expected["grad_bias"]) < TOL, where
+            assert rel_err(on_host(layer.weight.grad), expected["grad_weight"]) < TOL, where
+            assert rel_err(on_host(layer.bias.grad), expected["grad_bias"]) < TOL, where
         for name, value in ref.buffers().items():
             buf = getattr(layer, name)
-            assert buf.dtype == torch.float32
-            assert rel_err(buf, value) < TOL, f"{where}: buffer {name}"
+            assert buf.dtype == torch.float32 and buf.device == x_dev.device
+            assert rel_err(on_host(buf), value) < TOL, f"{where}: buffer {name}"
         layer.eval()
         before = {k: getattr(layer, k).clone() for k in ("m", "var", "u", "v")}
         with torch.no_grad():
-            assert rel_err(as4d(layer(x)), ref.eval_forward(as4d(x.detach()))) < TOL, where
+            evaluated = on_host(layer(on_device(x)))
+            assert rel_err(as4d(evaluated), ref.eval_forward(as4d(x))) < TOL, where
         for name, value in before.items():
             assert torch.equal(getattr(layer, name), value), f"eval changed {name}"
     return ref
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
 @pytest.mark.parametrize("affine", [True, False])
-def test_ecm_and_affine(ecm: str, affine: bool) -> None:
-    run_against_reference((7, 3, 3, 5), ecm=ecm, affine=affine)
+def test_ecm_and_affine(ecm: str, affine: bool, device: str) -> None:
+    run_against_reference((7, 3, 3, 5), ecm=ecm, affine=affine, device=device)
 
 
 @pytest.mark.parametrize("shape", [(1, 4, 3, 5), (2, 3, 8, 8), (7, 5, 1, 1), (256, 3, 3, 5),
                                    (256, 2, 1, 1)])
-def test_batch_and_spatial_sizes(shape: tuple[int, ...]) -> None:
-    run_against_reference(shape)
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_and_spatial_sizes(shape: tuple[int, ...], device: str) -> None:
+    run_against_reference(shape, device=device)
 
 
 @pytest.mark.parametrize("alpha_fwd,alpha_bkw", [(1 - 2 ** -1, 1 - 2 ** -12),
                                                  (1 - 2 ** -12, 1 - 2 ** -1),
                                                  (1 - 2 ** -12, 1 - 2 ** -12),
                                                  (0.999, 0.99)])
-def test_decay_factors(alpha_fwd: float, alpha_bkw: float) -> None:
-    run_against_reference((16, 3, 3, 5), alpha_fwd=alpha_fwd, alpha_bkw=alpha_bkw)
+@pytest.mark.parametrize("device", DEVICES)
+def test_decay_factors(alpha_fwd: float, alpha_bkw: float, device: str) -> None:
+    run_against_reference((16, 3, 3, 5), alpha_fwd=alpha_fwd, alpha_bkw=alpha_bkw,
+                          device=device)
 
 
 @pytest.fixture(params=["products", "scan"])
@@ -112,10 +124,23 @@ def test_negative_v_coefficient(ecm: str, v_recurrence: list[int]) -> None:
     assert all(torch.isfinite(t).all() for t in ref.buffers().values())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
 @pytest.mark.parametrize("batch", [1, 7, 256])
-def test_online_norm_1d(ecm: str, batch: int) -> None:
-    run_against_reference((batch, 6), ecm=ecm)
+def test_online_norm_1d(ecm: str, batch: int, device: str) -> None:
+    run_against_reference((batch, 6), ecm=ecm, device=device)
+
+
+@pytest.mark.parametrize("device", [CUDA])
+@pytest.mark.parametrize("shape", [(16, 3, 4, 4), (16, 4)])
+def test_negative_v_coefficient_on_cuda_takes_the_scan(shape, device, monkeypatch) -> None:
+    calls: list[int] = []
+    scan = recurrences.varying_decay_scan
+    monkeypatch.setattr(recurrences, "varying_decay_scan",
+                        lambda *args: calls.append(1) or scan(*args))
+    ref = run_against_reference(shape, ecm="ls", alpha_fwd=0.999, alpha_bkw=0.5, scale=1.2,
+                                device=device)
+    assert ref.min_v_coef < 0 and len(calls) == 3   # one backward per iteration
 
 
 def test_1d_negative_coefficient(v_recurrence: list[int]) -> None:

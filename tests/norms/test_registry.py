@@ -7,16 +7,18 @@ import torch
 from torch import nn
 
 import norms
+from devices import DEVICES
 from norms import LayerNorm2d, OnlineNorm2d
 
 ALL_OPTIONS = {"alpha_fwd": 0.99, "alpha_bkw": 0.9, "ecm": "ac", "eps": 1e-4, "ls_eps": 1e-4,
                "clamp_val": 3.0, "gn_num_groups": 4}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", norms.NORM_MODES)
-def test_every_mode_runs_forward_and_backward(mode: str) -> None:
-    layer = norms.build_norm(mode, 16, **ALL_OPTIONS)  # unused options are ignored
-    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+def test_every_mode_runs_forward_and_backward(mode: str, device: str) -> None:
+    layer = norms.build_norm(mode, 16, **ALL_OPTIONS).to(device)  # unused options ignored
+    x = torch.randn(4, 16, 8, 8, device=device, requires_grad=True)
     norms.materialize(layer, x.detach())
     out = layer.train()(x)
     assert out.shape == x.shape

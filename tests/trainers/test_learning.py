@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from devices import DEVICES
 from trainers.config import make_config
 from trainers.train import train
 
@@ -29,10 +30,11 @@ def _train(config, tmp_path):
     return outcome
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm", list(CIFAR_RECIPES))
-def test_cifar10_resnet8_beats_chance(norm, cifar10_dir, tmp_path):
+def test_cifar10_resnet8_beats_chance(norm, device, cifar10_dir, tmp_path):
     config = make_config("cifar10", str(cifar10_dir), depth=8, norm=norm, seed=0, workers=0,
-                         device="cpu", lr_milestones=[100], **CIFAR_RECIPES[norm])
+                         device=device, lr_milestones=[100], **CIFAR_RECIPES[norm])
     outcome = _train(config, tmp_path)
     assert outcome.best_val_acc1 >= 30.0     # chance: 10%
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from devices import DEVICES
 from norms import NORM_MODES
 from trainers.config import make_config
 from trainers.errors import UserError
@@ -16,11 +17,15 @@ def _config(dataset: str, norm: str, **kw):
     return make_config(dataset, "/nonexistent", norm=norm, seed=0, **kw)
 
 
-def _one_sgd_step(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
+def _one_sgd_step(model: nn.Module, x: torch.Tensor, num_classes: int,
+                  device: str = "cpu") -> None:
+    model.to(device)
+    x = x.to(device)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model.train()
-    loss = nn.functional.cross_entropy(model(x), torch.arange(x.shape[0]) % num_classes)
+    labels = torch.arange(x.shape[0], device=device) % num_classes
+    loss = nn.functional.cross_entropy(model(x), labels)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -30,20 +35,22 @@ def _one_sgd_step(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
     assert all(changed), [n for (n, _), c in zip(model.named_parameters(), changed) if not c]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm", NORM_MODES)
-def test_resnet20_every_norm_trains_one_step(norm):
+def test_resnet20_every_norm_trains_one_step(norm, device):
     torch.manual_seed(0)
     model = build_model(_config("cifar10", norm, depth=20), num_classes=10, input_size=32)
-    _one_sgd_step(model, torch.randn(4, 3, 32, 32), 10)
+    _one_sgd_step(model, torch.randn(4, 3, 32, 32), 10, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm", NORM_MODES)
-def test_resnet50_every_norm_trains_one_step(norm):
+def test_resnet50_every_norm_trains_one_step(norm, device):
     torch.manual_seed(0)
     config = _config("imagenet", norm, arch="resnet50", gn_num_groups=32)
     model = build_model(config, num_classes=7, input_size=64)
     assert model.fc.out_features == 7
-    _one_sgd_step(model, torch.randn(2, 3, 64, 64), 7)
+    _one_sgd_step(model, torch.randn(2, 3, 64, 64), 7, device)
 
 
 @pytest.mark.parametrize("depth", [7, 10, 21, 2])

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from devices import DEVICES
 from trainers.train import train
 
 TIMING_COLUMNS = ["epoch_time_s", "images_per_s"]
@@ -16,10 +17,11 @@ def _run(config, model_dir, **kw):
                  log=lambda s: None, **kw)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm", ["online", "batch"])
-def test_two_plus_two_epochs_equal_four(norm, tiny_cifar, tmp_path):
+def test_two_plus_two_epochs_equal_four(norm, device, tiny_cifar, tmp_path):
     # milestone 3: the lr drop happens after the resume, so the restored scheduler matters
-    config = tiny_cifar(norm=norm, epochs=4, lr_milestones=[3])
+    config = tiny_cifar(norm=norm, epochs=4, lr_milestones=[3], device=device)
     straight, split = tmp_path / "straight", tmp_path / "split"
     _run(config, straight)
     _run(config.replace(epochs=2), split)
