@@ -143,6 +143,26 @@ def test_negative_v_coefficient_on_cuda_takes_the_scan(shape, device, monkeypatc
     assert ref.min_v_coef < 0 and len(calls) == 3   # one backward per iteration
 
 
+@pytest.mark.parametrize("device", [CUDA])
+@pytest.mark.parametrize("shape,dtype", [((16, 8, 4, 4), torch.float32),
+                                         ((16, 8, 4, 4), torch.float16), ((16, 8), torch.float32)])
+@pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
+def test_cuda_step_never_waits_for_the_device(ecm, shape, dtype, device) -> None:
+    # No host-device synchronization anywhere in a CUDA training step: the host can run
+    # ahead of the GPU, and the step could be captured in a CUDA graph.
+    layer = (OnlineNorm2d if len(shape) == 4 else OnlineNorm1d)(shape[1], ecm=ecm).to(device)
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(x)
+    layer(x).backward(grad)       # first call fills the caches (decay powers, constants)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        layer(x).backward(grad)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x.grad).all()
+
+
 def test_1d_negative_coefficient(v_recurrence: list[int]) -> None:
     ref = run_against_reference((16, 4), ecm="none", alpha_fwd=0.999, alpha_bkw=0.5, scale=1.2)
     assert ref.min_v_coef < 0
