@@ -80,7 +80,6 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(n, c) mean and biased variance of x over H and W, float64 (C, N)."""
     n, c, h, w = x.shape
     hw = h * w
-    acc = _acc_dtype(x.dtype)
     if _fast(x) and hw > 1:
         # The batch-norm backward reduction with grad = x and mean 0 gives sum(x) and
         # sum(x^2) in one pass over x.
@@ -90,6 +89,7 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, sum_sq, total = torch.ops.aten.native_batch_norm_backward(
             flat, flat, ones, None, None, _constant(0.0, nc, x.dtype, x.device), ones, True,
             0.0, [False, True, True])
+        exact_enough = x.dtype == torch.float64
     else:
         # Sums accumulated in float64: E[x^2] - E[x]^2 then keeps its digits unless the mean
         # exceeds the spread by ~1e5, with no data-dependent check (which would make the
@@ -98,13 +98,11 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat, dims = (x.view(n * c, hw), 1) if x.is_contiguous() else (x, (2, 3))
         total = flat.sum(dims, dtype=torch.float64)
         sum_sq = torch.linalg.vector_norm(flat, 2, dims, dtype=torch.float64).square_()
-        mean = _samples_last(total, n, c).div_(hw)
-        var = _samples_last(sum_sq, n, c).div_(hw).addcmul_(mean, mean, value=-1)
-        return mean, var.clamp_min_(0)
+        exact_enough = True
     mean = _samples_last(total, n, c).div_(hw)
     mean_sq = _samples_last(sum_sq, n, c).div_(hw)
     var = torch.addcmul(mean_sq, mean, mean, value=-1)
-    if x.dtype == torch.float64:
+    if exact_enough:
         return mean, var.clamp_min_(0)
     # Past this check var >= ratio*E[x^2] >= 0, so no clamp is needed.
     if float(torch.sub(var, mean_sq, alpha=_CANCELLATION_RATIO).min()) < 0:

@@ -34,8 +34,13 @@ def run_against_reference(shape: tuple[int, ...], ecm: str = "ls", affine: bool 
     ref = ReferenceOnlineNorm(channels, alpha_fwd, alpha_bkw, weight=layer.weight,
                               bias=layer.bias, ecm=ecm, clamp_val=clamp_val)
     layer.to(device)
-    on_device = (lambda t: t) if device == "cpu" else (lambda t: t.detach().to(device))
-    on_host = lambda t: t.detach().cpu()  # noqa: E731
+
+    def on_device(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(device)
+
+    def on_host(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().cpu()
+
     as4d = (lambda t: t) if len(shape) == 4 else (lambda t: t[:, :, None, None])
     for it in range(iterations):
         # A per-channel offset and scale so the running statistics matter.
