@@ -28,7 +28,7 @@ def _epoch_rate(batches, device) -> float:
     """Images per second of draining one epoch's iterable, batches landing on `device`."""
     start = time.perf_counter()
     n = 0
-    for images, labels in batches:
+    for images, _labels in batches:
         n += images.shape[0]
     _sync(device)
     return n / (time.perf_counter() - start)

@@ -58,6 +58,7 @@ def _sync(device):
 def bench_layers(shape: tuple[int, ...], warmup: int, repeats: int,
                  device) -> dict[str, float]:
     import torch
+
     import norms
     torch.manual_seed(0)
     x = torch.randn(shape, device=device, requires_grad=True)
@@ -72,6 +73,7 @@ def bench_layers(shape: tuple[int, ...], warmup: int, repeats: int,
 
 def bench_resnet20(warmup: int, repeats: int, device) -> dict[str, float]:
     import torch
+
     import norms
     from trainers.models import build_cifar_resnet
     torch.manual_seed(0)
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
           f"forward+backward, median of {repeats} interleaved repeats")
     # Other processes competing for the cores distort multithreaded timings badly.
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-          f"allocator: {'freed memory retained (as in training)' if tuned else 'C library defaults'}")
+          "allocator: " + ("freed memory retained (as in training)" if tuned
+                           else "C library defaults"))
     header = f"{'shape':<20}" + "".join(f"{label:>20}" for label, _, _ in NORMS)
     print(header)
     for shape in SHAPES:

@@ -13,7 +13,7 @@ _LAZY = {
     "OnlineNorm1d": "norms.online", "OnlineNorm2d": "norms.online",
     "LayerNorm2d": "norms.layer_norm",
     "build_norm": "norms.registry", "materialize": "norms.registry",
-    "norm_factory": "norms.registry",
+    "norm_factory": "norms.registry", "norm_layer_classes": "norms.registry",
 }
 
 __all__ = ["ECM_MODES", "NORM_MODES", *_LAZY]

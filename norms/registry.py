@@ -53,6 +53,17 @@ def build_norm(mode: str, num_features: int, **options: Any) -> nn.Module:
     return OnlineNorm2d(num_features, **{k: options[k] for k in _ONLINE_OPTIONS if k in options})
 
 
+def norm_layer_classes() -> tuple[type[nn.Module], ...]:
+    """The classes of every normalization layer build_norm makes (and torch's others), for
+    telling normalizers apart by isinstance: optimizers exempt their parameters from weight
+    decay, models initialize their affine."""
+    from norms.layer_norm import LayerNorm2d
+    from norms.online import OnlineNorm1d, OnlineNorm2d
+
+    return (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+            LayerNorm2d, OnlineNorm1d, OnlineNorm2d)
+
+
 def norm_factory(mode: str, **options: Any) -> Callable[[int], nn.Module]:
     """A callable `channels -> layer`, what the models take as `norm_layer`."""
     _check(mode, options)

@@ -35,3 +35,8 @@ def write_bytes_durably(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
     replace_atomically(path, write)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """`text` to `path` (UTF-8) atomically."""
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

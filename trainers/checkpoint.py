@@ -10,17 +10,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from norms.modes import options_of
 from trainers.atomic import replace_atomically
 from trainers.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
-# Settings that fix the model's parameter set; a checkpoint from another value cannot load.
 # Settings a resumed run must share with its checkpoint: they shape the model and the
-# optimizer's parameter groups, or what an epoch is (the batch size, Online Norm's decay
-# factors and error compensation, which the checkpoint does not carry).
+# optimizer's parameter groups, or what an epoch is (the batch size). The normalizer's own
+# options (norms.modes: Online Norm's decay factors and error compensation, which the
+# checkpoint does not carry; group norm's group count) must match too.
 MODEL_KEYS = ("dataset", "arch", "depth", "norm", "batch_size", "norm_weight_decay")
-NORM_KEYS = {"group": ("gn_num_groups",), "online": ("afwd", "abkw", "ecm")}
 
 
 def rng_state() -> dict[str, Any]:
@@ -88,7 +88,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def check_compatible(state: dict[str, Any], config_dict: dict[str, Any], path: str | Path) -> None:
     """UserError naming the setting when a checkpoint was saved for another model."""
     saved = state.get("config", {})
-    keys = MODEL_KEYS + NORM_KEYS.get(config_dict["norm"], ())
+    keys = MODEL_KEYS + options_of(config_dict["norm"])
     diffs = [f"{k}={saved.get(k)!r} (now {config_dict[k]!r})" for k in keys
              if k in saved and saved.get(k) != config_dict[k]
              and not (k == "depth" and config_dict["dataset"] == "imagenet")]

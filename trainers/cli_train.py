@@ -1,19 +1,18 @@
-"""`onorm train {cifar10,cifar100,imagenet} DIR`: the seed scripts' command line, on the shared trainer.
+"""`onorm train {cifar10,cifar100,imagenet} DIR`: the seed scripts' command line, shared trainer.
 
 Every option of cifar10_main.py / cifar100_main.py / imagenet_main.py keeps its name, alias,
-meaning and per-dataset default (paper/original_cli.md). No torch import here: the trainer is
-imported only when the command runs.
+meaning and per-dataset default; the settings' flags are made from TrialConfig's fields. No
+torch import here: the trainer is imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 from typing import Any
 
+from trainers.config import DATASETS
 from trainers.decay import parse_fraction
-from trainers.config import DATASETS, ECM_MODES, IMAGENET_ARCHS, NORM_MODES, NORM_WD_MODES
 
 EXIT_DIVERGED = 3
 
@@ -46,6 +45,41 @@ def _one_line_error(prog: str):
     return error
 
 
+# The seed scripts' names for TrialConfig fields (other fields get --field-name); every field
+# but dataset and data_dir is a flag, typed, checked and documented by its TrialConfig field.
+FLAG_NAMES = {
+    "arch": ("-a", "--arch"), "depth": ("-d", "--depth"), "workers": ("-j", "--workers"),
+    "batch_size": ("-b", "--batch-size"), "lr": ("--lr", "--learning-rate"),
+    "weight_decay": ("--wd", "--weight-decay"), "norm": ("--norm-mode",),
+    "afwd": ("--afwd", "--decay-factor-forward"), "abkw": ("--abkw", "--decay-factor-backward"),
+}
+POSITIONAL = ("dataset", "data_dir")
+
+
+def config_flags(name: str) -> tuple[str, ...]:
+    return FLAG_NAMES.get(name, ("--" + name.replace("_", "-"),))
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per TrialConfig field, its type and choices read off the field; every
+    default is None, meaning "the dataset's default" (ranges are checked by the config)."""
+    from trainers.config import config_specs
+
+    for name, spec in config_specs().items():
+        if name in POSITIONAL:
+            continue
+        kw: dict[str, Any] = dict(dest=name, default=None, help=spec.meta.get("help") or None)
+        if spec.kind == "bool":
+            kw.update(action="store_true")
+        elif spec.kind == "choice":
+            kw.update(choices=spec.choices)
+        elif spec.kind == "int_list":
+            kw.update(type=int, nargs="+", metavar="N")
+        else:
+            kw.update(type={"int": int, "float": _fraction, "str": str}[spec.kind])
+        p.add_argument(*config_flags(name), **kw)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train one model with the seed scripts' flags (no Ray)",
@@ -58,71 +92,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    "pickle batches; ImageNet: DIR/train and DIR/val image folders)")
     p.add_argument("--model-dir", default="./model_dir", metavar="DIR",
                    help="where checkpoints and metrics go (default ./model_dir)")
-    p.add_argument("-a", "--arch", default=None, metavar="ARCH",
-                   help=f"ImageNet architecture: {', '.join(IMAGENET_ARCHS)} "
-                        "(default resnet18; CIFAR always uses its 6n+2 ResNet)")
-    p.add_argument("-d", "--depth", type=int, default=None,
-                   help="depth of the CIFAR ResNet, 6n+2 (default 20)")
-    p.add_argument("-j", "--workers", type=int, default=None,
-                   help="data loading workers (default 4)")
-    p.add_argument("--epochs", type=int, default=None, help="total epochs")
     p.add_argument("--start-epoch", type=int, default=0,
                    help="manual epoch number (restarts): epochs to treat as done; a "
                         "--resume checkpoint's own epoch takes precedence (default 0)")
-    p.add_argument("-b", "--batch-size", type=int, default=None, help="mini-batch size")
-    p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=None,
-                   help="initial learning rate (default 0.1)")
-    p.add_argument("--lr-milestones", type=int, nargs="+", default=None, metavar="E",
-                   help="epochs after which the lr is multiplied by --lr-multiplier")
-    p.add_argument("--lr-multiplier", type=float, default=None,
-                   help="factor applied at each milestone (default 0.1)")
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
-    p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=None,
-                   help="weight decay")
     p.add_argument("-p", "--print-freq", type=int, default=10,
                    help="print every N batches when no progress bar shows (default 10)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="checkpoint to resume from (a checkpoint.pth.tar or its folder)")
     p.add_argument("-e", "--evaluate", action="store_true",
                    help="evaluate on the validation set only and print the metrics")
-    p.add_argument("--pretrained", action="store_true",
-                   help="start from torchvision's ImageNet weights (batch norm only; the "
-                        "file must be in the torch hub cache)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed for initializing training; also makes kernels deterministic")
-    p.add_argument("--norm-mode", dest="norm", choices=NORM_MODES, default=None,
-                   help="normalizer (default batch)")
-    p.add_argument("--afwd", "--decay-factor-forward", dest="afwd", type=_fraction,
-                   default=None, help="Online Norm forward decay factor")
-    p.add_argument("--abkw", "--decay-factor-backward", dest="abkw", type=_fraction,
-                   default=None, help="Online Norm backward decay factor")
-    p.add_argument("--ecm", choices=ECM_MODES, default=None,
-                   help="Online Norm error compensation (default ls)")
-    p.add_argument("--gn-num-groups", type=int, default=None, help="groups of group norm")
-    p.add_argument("--norm-weight-decay", choices=NORM_WD_MODES, default=None,
-                   help="weight decay on normalization parameters: exempt (none on any), "
-                        "bias (only biases exempt, as the seed scripts did), none (decay "
-                        "everywhere)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--synthetic-image-size", type=int, default=None, metavar="PX",
-                   help="ImageNet-style folders with PX-pixel images instead of 224 "
-                        "(small generated datasets)")
+    add_config_arguments(p)
     p.set_defaults(func=run)
     return p
 
 
-# CLI attribute -> TrialConfig field; None means "the dataset's default".
-_CONFIG_ARGS = ("arch", "depth", "workers", "epochs", "batch_size", "lr", "lr_milestones",
-                "lr_multiplier", "momentum", "weight_decay", "seed", "norm", "afwd", "abkw",
-                "ecm", "gn_num_groups", "norm_weight_decay", "device", "synthetic_image_size")
-
-
 def config_from_args(args: argparse.Namespace):
     """The TrialConfig the flags describe: per-dataset defaults, then the given flags."""
-    from trainers.config import make_config
-    overrides = {k: getattr(args, k) for k in _CONFIG_ARGS if getattr(args, k) is not None}
-    if args.pretrained:
-        overrides["pretrained"] = True
+    from trainers.config import config_specs, make_config
+
+    given = {k: getattr(args, k) for k in config_specs() if k not in POSITIONAL}
+    # None: not given; False: a switch left off (`is`, since 0 == False for --workers 0)
+    overrides = {k: v for k, v in given.items() if v is not None and v is not False}
     return make_config(args.dataset, args.data_dir, **overrides)
 
 

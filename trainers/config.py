@@ -1,12 +1,22 @@
-"""The typed, validated trial config that every launcher (CLI, Ray) hands to the trainer."""
+"""The trial config: every setting of one training run, with its type, default and range.
+
+`TrialConfig`'s type hints and field metadata are the one source that the experiments.yaml
+checks (`parse_setting`), `validate` and the `onorm train` flags (trainers/cli_train.py) all
+read. A field marked `launch_only` says how a trial runs, not what it computes: it never
+enters the trial id (orchestrator/plan/trial_id.py). Torch-free.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from norms.modes import ECM_MODES, NORM_MODES
+from trainers.decay import parse_fraction
 from trainers.errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -18,7 +28,7 @@ IMAGENET_ARCHS = (
 # name filter actually did; "none" applies weight decay to every parameter.
 NORM_WD_MODES = ("exempt", "bias", "none")
 
-# Per-dataset defaults of the seed scripts (paper/original_cli.md).
+# Per-dataset defaults of the seed scripts (cifar10_main.py, cifar100_main.py, imagenet_main.py).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar10": dict(arch="resnet", depth=20, epochs=250, batch_size=128,
                     lr_milestones=(100, 150, 200), weight_decay=2e-4,
@@ -33,36 +43,85 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
                      afwd=0.999, abkw=0.99, gn_num_groups=32,
                      norm_weight_decay="exempt"),
 }
-# Batch size the lr and momentum of the recipe were tuned for (DESIGN.md rescaling rule).
+# Batch size the recipe's lr and momentum were tuned for; other sizes rescale both
+# (trainers/optim.py).
 BASE_BATCH_SIZE = {"cifar10": 128, "cifar100": 128, "imagenet": 256}
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, low: float | None = None,
+            high: float | None = None, open_low: bool = False, open_high: bool = False,
+            hint: str = "", launch_only: bool = False) -> Any:
+    """A TrialConfig field: `help` says what it is (shown by `onorm train --help`);
+    [low, high] (or open ends) bound numbers and list items; `hint` follows a range error;
+    launch_only fields change how a trial runs, never what it computes."""
+    meta = dict(help=help, low=low, high=high, open_low=open_low, open_high=open_high,
+                hint=hint, launch_only=launch_only)
+    return field(default=default, metadata=meta)
+
+
+Dataset = Literal[DATASETS]
+NormMode = Literal[NORM_MODES]
+EcmMode = Literal[ECM_MODES]
+NormWeightDecay = Literal[NORM_WD_MODES]
 
 
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything that determines one training run; its hash is the trial_id."""
+    """Everything that determines one training run; its hash is the trial_id.
 
-    dataset: str
-    data_dir: str
-    arch: str = "resnet"            # CIFAR: "resnet" (depth 6n+2); ImageNet: a torchvision name
-    depth: int = 20                 # CIFAR ResNet depth; ignored on ImageNet
-    epochs: int = 250
-    batch_size: int = 128
-    lr: float = 0.1
-    lr_milestones: tuple[int, ...] = (100, 150, 200)
-    lr_multiplier: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    norm: str = "batch"
-    afwd: float = 1023 / 1024
-    abkw: float = 127 / 128
-    ecm: str = "ls"
-    gn_num_groups: int = 8
-    norm_weight_decay: str = "none"
-    seed: int | None = None
-    workers: int = 4
-    pretrained: bool = False
-    synthetic_image_size: int = 0   # >0: ImageNet-style folders with small images (tests, demo)
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    Defaults are CIFAR-10's; `make_config` applies each dataset's own (DATASET_DEFAULTS).
+    """
+
+    dataset: Dataset = setting(help="which dataset")
+    data_dir: str = setting(help="dataset folder", launch_only=True)
+    # The paper's CIFAR network is the 6n+2 ResNet; ImageNet takes a torchvision name.
+    arch: str = setting("resnet", "network: 'resnet' (CIFAR, 6n+2) or an ImageNet "
+                                  f"architecture ({', '.join(IMAGENET_ARCHS)})")
+    # ResNet-20 is the paper's CIFAR network (n = 3); ImageNet ignores it.
+    depth: int = setting(20, "depth of the CIFAR ResNet, 6n+2", low=0)
+    # The paper trains CIFAR for 250 epochs.
+    epochs: int = setting(250, "total epochs", low=1)
+    # The seed scripts' CIFAR batch; the lr and momentum below were tuned for it.
+    batch_size: int = setting(128, "mini-batch size (the global batch)", low=1)
+    # SGD with lr 0.1 and momentum 0.9: the seed scripts' recipe on every dataset.
+    lr: float = setting(0.1, "initial learning rate", low=0, open_low=True)
+    # CIFAR: x0.1 after epochs 100, 150 and 200, as in the paper.
+    lr_milestones: tuple[int, ...] = setting(
+        (100, 150, 200), "epochs after which the lr is multiplied by lr_multiplier", low=1)
+    lr_multiplier: float = setting(0.1, "factor applied at each milestone", low=0,
+                                   open_low=True)
+    momentum: float = setting(0.9, "SGD momentum", low=0, high=1, open_high=True)
+    # The paper's CIFAR weight decay (ImageNet: 1e-4).
+    weight_decay: float = setting(2e-4, "weight decay", low=0)
+    # Batch norm is the seed scripts' default normalizer.
+    norm: NormMode = setting("batch", "normalizer")
+    # The paper's CIFAR-10 decay factors, 1 - 2^-10 and 1 - 2^-7.
+    afwd: float = setting(1023 / 1024, "Online Norm forward decay factor", low=0, high=1,
+                          open_low=True, open_high=True, hint=", e.g. 1023/1024")
+    abkw: float = setting(127 / 128, "Online Norm backward decay factor", low=0, high=1,
+                          open_low=True, open_high=True, hint=", e.g. 127/128")
+    # Layer scaling is the error compensation the paper used for its ResNets.
+    ecm: EcmMode = setting("ls", "Online Norm error compensation")
+    # The seed scripts' CIFAR group count (ImageNet: 32).
+    gn_num_groups: int = setting(8, "groups of group norm", low=1)
+    # CIFAR's seed scripts decay every parameter; ImageNet's meant to exempt norms.
+    norm_weight_decay: NormWeightDecay = setting(
+        "none", "weight decay on normalization parameters: exempt (none on any), bias (only "
+                "biases exempt, as the seed scripts did), none (decay everywhere)")
+    # No seed: not reproducible, as the seed scripts without --seed.
+    seed: int | None = setting(None, "seed for initializing training; also makes kernels "
+                                     "deterministic", low=0)
+    # The seed scripts' loader workers; CIFAR augments on the device and ignores it.
+    workers: int = setting(4, "data loading workers", low=0,
+                           hint="(0 loads data in the main process)", launch_only=True)
+    pretrained: bool = setting(False, "start from torchvision's ImageNet weights (batch "
+                                      "norm only; the file must be in the torch hub cache)")
+    # 0 means the real 224-pixel ImageNet crops; small sizes serve generated test data.
+    synthetic_image_size: int = setting(0, "ImageNet-style folders with images of this "
+                                           "many pixels instead of 224", low=0,
+                                        hint="(0: the real 224-pixel crops)")
+    # auto picks CUDA when present: where a trial runs, not what it computes.
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N", launch_only=True)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -76,73 +135,196 @@ class TrialConfig:
         return dataclasses.replace(self, **changes)
 
 
-def config_fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in fields(TrialConfig)}
+# ---------------------------------------------------------------- the schema, read off the hints
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What one TrialConfig field accepts, read off its type hint and metadata."""
+
+    name: str
+    kind: str                        # int | float | str | bool | choice | int_list
+    optional: bool                   # None allowed
+    choices: tuple[str, ...]
+    default: Any
+    meta: dict[str, Any]
+
+    @property
+    def launch_only(self) -> bool:
+        return bool(self.meta.get("launch_only"))
+
+    def range_text(self) -> str:
+        low, high = self.meta.get("low"), self.meta.get("high")
+        if low is not None and high is not None:
+            left = "(" if self.meta["open_low"] else "["
+            right = ")" if self.meta["open_high"] else "]"
+            return f"in {left}{low:g}, {high:g}{right}"
+        if low is not None:
+            return f"{'>' if self.meta['open_low'] else '>='} {low:g}"
+        if high is not None:
+            return f"{'<' if self.meta['open_high'] else '<='} {high:g}"
+        return ""
+
+    def expected(self) -> str:
+        """What a valid value looks like, for messages ("an integer >= 1")."""
+        bounds = self.range_text()
+        text = {"int": "an integer", "float": "a number", "str": "a string",
+                "bool": "true or false", "int_list": "a list of integers",
+                "choice": "one of " + ", ".join(self.choices)}[self.kind]
+        text += f" {bounds}" if bounds and self.kind in ("int", "float", "int_list") else ""
+        return text + (" or null" if self.optional else "")
+
+    def in_range(self, number: float) -> bool:
+        m = self.meta
+        low, high = m.get("low"), m.get("high")
+        if low is not None and (number < low or (m["open_low"] and number == low)):
+            return False
+        return high is None or not (number > high or (m["open_high"] and number == high))
+
+
+def _spec(f: dataclasses.Field, hint: Any) -> FieldSpec:
+    optional = False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        optional = type(None) in args
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    choices: tuple[str, ...] = ()
+    if typing.get_origin(hint) is Literal:
+        kind, choices = "choice", tuple(args)
+    elif typing.get_origin(hint) is tuple:
+        kind = "int_list"
+    else:
+        kind = {int: "int", float: "float", str: "str", bool: "bool"}[hint]
+    default = None if f.default is dataclasses.MISSING else f.default
+    return FieldSpec(f.name, kind, optional, choices, default, dict(f.metadata))
+
+
+_SPECS: dict[str, FieldSpec] = {}
+
+
+def config_specs() -> dict[str, FieldSpec]:
+    """Every TrialConfig field's spec, in declaration order."""
+    if not _SPECS:
+        hints = typing.get_type_hints(TrialConfig)
+        _SPECS.update({f.name: _spec(f, hints[f.name]) for f in fields(TrialConfig)})
+    return _SPECS
+
+
+def launch_only_fields() -> tuple[str, ...]:
+    return tuple(name for name, s in config_specs().items() if s.launch_only)
+
+
+class SettingError(ValueError):
+    """A setting's value does not fit its field; str() is the expectation, e.g. 'an integer'."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_type(spec: FieldSpec, value: Any) -> bool:
+    kind = spec.kind
+    if kind == "int":
+        return _is_int(value)
+    if kind == "float":
+        return _is_int(value) or isinstance(value, float)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "choice":
+        return isinstance(value, str) and value in spec.choices
+    return isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+
+
+def _in_range(spec: FieldSpec, value: Any) -> bool:
+    if spec.kind == "int_list":
+        return all(spec.in_range(v) for v in value)
+    if spec.kind in ("int", "float"):
+        return spec.in_range(value)
+    return True
+
+
+def check_value(spec: FieldSpec, value: Any) -> Any:
+    """`value` if it fits the field (ints promote to floats, lists to tuples), else a
+    SettingError saying what is expected."""
+    if value is None and spec.optional:
+        return None
+    if not _has_type(spec, value):
+        raise SettingError(spec.expected())
+    if spec.kind == "float" and not math.isfinite(value):
+        raise SettingError("a finite number")
+    if not _in_range(spec, value):
+        raise SettingError(spec.expected())
+    if spec.kind == "float":
+        return float(value)
+    return tuple(value) if spec.kind == "int_list" else value
+
+
+_NUMBER = 'a number or a fraction like "1023/1024"'
+
+
+def parse_setting(name: str, raw: Any) -> Any:
+    """A value as written in experiments.yaml for field `name`: numbers may be exact fraction
+    strings ("1023/1024", parsed, never evaluated). SettingError says what is expected."""
+    spec = config_specs()[name]
+    if spec.kind == "float":
+        if isinstance(raw, str):
+            try:
+                raw = parse_fraction(raw)
+            except ValueError:
+                raise SettingError(_NUMBER) from None
+        elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise SettingError(_NUMBER)
+    return check_value(spec, raw)
 
 
 def make_config(dataset: str, data_dir: str, **overrides: Any) -> TrialConfig:
     """Seed-script defaults for `dataset`, then `overrides`; unknown keys are errors."""
     if dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
-    known = config_fields()
+    known = config_specs()
     unknown = sorted(set(overrides) - set(known))
     if unknown:
         raise UserError(f"unknown trial setting(s) {', '.join(unknown)}: "
                         f"valid settings are {', '.join(sorted(known))}")
     values = dict(DATASET_DEFAULTS[dataset])
     values.update(overrides)
-    if "lr_milestones" in values:
-        values["lr_milestones"] = tuple(int(m) for m in values["lr_milestones"])
+    if isinstance(values.get("lr_milestones"), list):
+        values["lr_milestones"] = tuple(values["lr_milestones"])
     return TrialConfig(dataset=dataset, data_dir=str(data_dir), **values)
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise UserError(message)
 
 
 def check_cifar_depth(depth: int) -> None:
     """The CIFAR ResNet has 6n+2 layers: 3 stages of n two-conv blocks, a stem and the fc."""
-    _check(depth >= 8 and (depth - 2) % 6 == 0,
-           f"depth {depth} is not 6n+2 (n >= 1): use e.g. 8, 14, 20, 32, 44, 56, 110")
+    if not (depth >= 8 and (depth - 2) % 6 == 0):
+        raise UserError(f"depth {depth} is not 6n+2 (n >= 1): use e.g. 8, 14, 20, 32, 44, "
+                        "56, 110")
 
 
 def validate(c: TrialConfig) -> None:
-    """Type and range checks; every message names the setting and what is allowed."""
-    _check(c.dataset in DATASETS, f"dataset {c.dataset!r}: choose one of {', '.join(DATASETS)}")
-    _check(c.norm in NORM_MODES, f"norm {c.norm!r}: choose one of {', '.join(NORM_MODES)}")
-    _check(c.ecm in ECM_MODES, f"ecm {c.ecm!r}: choose one of {', '.join(ECM_MODES)}")
-    _check(c.norm_weight_decay in NORM_WD_MODES,
-           f"norm_weight_decay {c.norm_weight_decay!r}: choose one of {', '.join(NORM_WD_MODES)}")
-    for name in ("depth", "epochs", "batch_size", "gn_num_groups", "workers",
-                 "synthetic_image_size"):
+    """Every field against its spec, then the checks between fields; each message names the
+    setting and what is allowed."""
+    for name, spec in config_specs().items():
         value = getattr(c, name)
-        _check(isinstance(value, int) and not isinstance(value, bool),
-               f"{name} must be an integer, got {value!r}")
-    for name in ("lr", "lr_multiplier", "momentum", "weight_decay", "afwd", "abkw"):
-        value = getattr(c, name)
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
-               f"{name} must be a number, got {value!r}")
-    _check(c.epochs >= 1, f"epochs must be at least 1, got {c.epochs}")
-    _check(c.batch_size >= 1, f"batch_size must be at least 1, got {c.batch_size}")
-    _check(c.lr > 0, f"lr must be positive, got {c.lr}")
-    _check(0 <= c.momentum < 1, f"momentum must be in [0, 1), got {c.momentum}")
-    _check(c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}")
-    _check(0 < c.afwd < 1, f"afwd must be in (0, 1), e.g. 1023/1024; got {c.afwd}")
-    _check(0 < c.abkw < 1, f"abkw must be in (0, 1), e.g. 127/128; got {c.abkw}")
-    _check(c.gn_num_groups >= 1, f"gn_num_groups must be at least 1, got {c.gn_num_groups}")
-    _check(c.workers >= 0, f"workers must be >= 0 (0 loads data in the main process), "
-                           f"got {c.workers}")
-    _check(c.synthetic_image_size >= 0, f"synthetic_image_size must be >= 0 (0: the real "
-                                        f"224-pixel crops), got {c.synthetic_image_size}")
-    _check(all(isinstance(m, int) and m >= 1 for m in c.lr_milestones),
-           f"lr_milestones must be positive epoch numbers, got {list(c.lr_milestones)}")
-    _check(c.seed is None or (isinstance(c.seed, int) and c.seed >= 0),
-           f"seed must be a non-negative integer, got {c.seed!r}")
+        if value is None and spec.optional:
+            continue
+        if spec.kind == "choice" and not _has_type(spec, value):
+            raise UserError(f"{name} {value!r}: choose one of {', '.join(spec.choices)}")
+        if not _has_type(spec, value):
+            raise UserError(f"{name} must be {spec.expected()}, got {value!r}")
+        if spec.kind == "float" and not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value!r}")
+        if not _in_range(spec, value):
+            hint = f" {spec.meta['hint']}" if spec.meta.get("hint") else ""
+            shown = list(value) if spec.kind == "int_list" else value
+            raise UserError(f"{name} must be {spec.range_text()}{hint}; got {shown!r}")
     if c.dataset == "imagenet":
-        _check(c.arch in IMAGENET_ARCHS,
-               f"arch {c.arch!r} for imagenet: choose one of {', '.join(IMAGENET_ARCHS)}")
+        if c.arch not in IMAGENET_ARCHS:
+            raise UserError(f"arch {c.arch!r} for imagenet: choose one of "
+                            f"{', '.join(IMAGENET_ARCHS)}")
     else:
-        _check(c.arch == "resnet", f"arch {c.arch!r} for {c.dataset}: only 'resnet' "
-               "(the CIFAR ResNet, sized by depth)")
+        if c.arch != "resnet":
+            raise UserError(f"arch {c.arch!r} for {c.dataset}: only 'resnet' (the CIFAR "
+                            "ResNet, sized by depth)")
         check_cifar_depth(c.depth)

@@ -75,14 +75,10 @@ class CifarResNet(nn.Module):
 
 
 def is_norm_module(module: nn.Module) -> bool:
-    """True for a normalization layer of any kind (by class, never by parameter name)."""
-    torch_norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm,
-                   nn.LocalResponseNorm)
-    if isinstance(module, torch_norms):
-        return True
-    # norms/ defines the project's own layers (OnlineNorm*, LayerNorm2d); anything defined
-    # there that is a leaf-level layer counts as a normalizer.
-    return type(module).__module__.split(".")[0] == "norms"
+    """True for a normalization layer of any kind (by class, never by name)."""
+    import norms
+
+    return isinstance(module, norms.norm_layer_classes())
 
 
 def init_weights(model: nn.Module) -> None:

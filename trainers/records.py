@@ -11,7 +11,7 @@ from trainers.config import TrialConfig
 if TYPE_CHECKING:
     import pandas as pd
 
-# DESIGN.md's metric columns, in this order in every metrics.parquet.
+# The metric columns, in this order in every metrics.parquet (README, "Results").
 METRIC_COLUMNS = [
     "experiment", "trial_id", "dataset", "arch", "depth", "norm", "afwd", "abkw", "ecm",
     "seed", "epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1",

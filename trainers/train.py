@@ -1,4 +1,4 @@
-"""The one shared trainer: `train(config, report)` runs a trial epoch by epoch (Ray and CLI call it).
+"""The one shared trainer: `train(config, report)` runs a trial epoch by epoch (Ray, the CLI).
 
 Each epoch: train, validate, append the metrics row to model_dir/metrics.parquet, save
 model_dir/checkpoint.pth.tar (and model_best.pth.tar when val top-1 improves), then call
@@ -23,8 +23,14 @@ import torch
 from torch import nn
 
 from trainers.allocator import retain_freed_memory
-from trainers.checkpoint import (CHECKPOINT_NAME, check_compatible, load_checkpoint,
-                                 rng_state, save_checkpoint, set_rng_state)
+from trainers.checkpoint import (
+    CHECKPOINT_NAME,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from trainers.config import TrialConfig
 from trainers.errors import UserError
 from trainers.metrics import EpochMeter

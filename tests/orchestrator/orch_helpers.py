@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.demo_data import ensure_synthetic_cifar
-from orchestrator.grid import TrialSpec, make_trial
+from orchestrator.plan.trials import TrialSpec, make_trial
 from trainers.config import make_config
+from trainers.data.synthetic import ensure_synthetic_cifar
 
 SYNTHETIC = {"n_train": 128, "n_test": 64}
 TINY_SETTINGS = dict(depth=8, batch_size=64, lr_milestones=(2,), workers=0, device="cpu")

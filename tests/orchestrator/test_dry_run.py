@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 from orch_helpers import tiny_yaml
 
-from orchestrator.checkpoints import CheckpointStore
-from orchestrator.experiments import load_experiments
-from orchestrator.grid import expand
+from orchestrator.execute.store import CheckpointStore
+from orchestrator.plan.experiments import load_experiments
+from orchestrator.plan.trials import expand
 
 REPO = Path(__file__).resolve().parents[2]
 

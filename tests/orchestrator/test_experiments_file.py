@@ -8,8 +8,9 @@ import pytest
 from orch_helpers import tiny_yaml
 
 from orchestrator.cli import main
-from orchestrator.experiments import load_experiments
-from orchestrator.grid import expand, make_trial_id
+from orchestrator.plan.experiments import load_experiments
+from orchestrator.plan.trial_id import make_trial_id
+from orchestrator.plan.trials import expand
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,7 +159,7 @@ def test_fraction_strings_are_exact_and_code_is_not_evaluated(capsys, tmp_path):
 
 
 def test_a_second_run_of_a_running_experiment_is_refused(capsys, tmp_path):
-    from orchestrator.lock import experiment_lock
+    from orchestrator.execute.lock import experiment_lock
 
     config = tiny_yaml(tmp_path / "e.yaml")
     results = tmp_path / "r"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_table_fixtures import MILESTONES, write_results
 
 from orchestrator.cli import main
-from orchestrator.plot import lr_steps, metric_figure
-from orchestrator.stats import load_runs
-from orchestrator.table import write_report
-from test_table_fixtures import MILESTONES, write_results
+from orchestrator.report.plot import lr_steps, metric_figure
+from orchestrator.report.stats import load_runs
+from orchestrator.report.table import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,6 +90,7 @@ def test_write_report_on_partial_results(tmp_path):
     paths = write_report(folder)
     assert sorted(p.name for p in paths) == sorted(
         f"{m}.{e}" for m in ("accuracy", "loss") for e in ("md", "csv", "tex"))
-    assert "2 run(s) left out (1 pending, 1 running)" in (folder / "tables" / "accuracy.md").read_text()
+    accuracy = (folder / "tables" / "accuracy.md").read_text()
+    assert "2 run(s) left out (1 pending, 1 running)" in accuracy
     full = write_report(write_results(tmp_path / "full"))
     assert {p.name for p in full} >= {"val_acc1.png", "val_loss.png", "train_loss.png"}

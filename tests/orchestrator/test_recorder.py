@@ -7,8 +7,9 @@ import math
 import pandas as pd
 from orch_helpers import tiny_trial
 
-from orchestrator.checkpoints import CheckpointStore
-from orchestrator.recorder import Recorder
+from orchestrator.execute.recorder import Recorder
+from orchestrator.execute.store import CheckpointStore
+from orchestrator.layout import ExperimentLayout
 
 PROV = {"git_commit": "abc", "package_versions": "{}"}
 
@@ -22,9 +23,9 @@ def epoch(e: int, acc: float, loss: float = 1.0) -> dict:
 def test_statuses_dedup_and_reconcile_after_a_lost_driver(tmp_path):
     data = tmp_path / "data"
     done, diverged, stopped = (tiny_trial(data, n, epochs=3) for n in ("batch", "group", "none"))
-    rec = Recorder("exp", tmp_path, [done, diverged, stopped], PROV)
+    rec = Recorder(ExperimentLayout.of(tmp_path, "exp"), [done, diverged, stopped], PROV)
     assert set(rec.counts()) == {"pending"}
-    store = CheckpointStore(rec.paths["checkpoints"])
+    store = CheckpointStore(rec.layout.store)
 
     for trial in (done, diverged, stopped):
         assert store.begin(trial.trial_id)["epoch"] == 0
@@ -42,14 +43,14 @@ def test_statuses_dedup_and_reconcile_after_a_lost_driver(tmp_path):
     rec.result(stopped.trial_id, {**epoch(1, 10.0), "attempt": 1})
     rec.finished(stopped.trial_id)        # ended by a scheduler: no outcome stored
 
-    trials = pd.read_parquet(rec.paths["trials"]).set_index("trial_id")
+    trials = pd.read_parquet(rec.layout.trials).set_index("trial_id")
     assert trials.loc[done.trial_id, "status"] == "completed"
     assert trials.loc[diverged.trial_id, "status"] == "diverged"
     assert trials.loc[stopped.trial_id, "status"] == "stopped"
     assert trials.loc[done.trial_id, "best_epoch"] == 3          # epoch 2's 50 was replaced
     assert trials.loc[done.trial_id, "best_val_acc1"] == 45.0
     assert trials.loc[stopped.trial_id, "epochs_done"] == 1
-    metrics = pd.read_parquet(rec.paths["metrics"])
+    metrics = pd.read_parquet(rec.layout.metrics)
     assert sorted(zip(metrics.trial_id, metrics.epoch)) == sorted(
         [(done.trial_id, e) for e in (1, 2, 3)] + [(diverged.trial_id, 1), (stopped.trial_id, 1)])
     row2 = metrics[(metrics.trial_id == done.trial_id) & (metrics.epoch == 2)]
@@ -58,24 +59,24 @@ def test_statuses_dedup_and_reconcile_after_a_lost_driver(tmp_path):
     # A new driver: the stored epoch the old driver never recorded is filled in, the done
     # and diverged trials are skipped, the stopped one runs again.
     store.put(stopped.trial_id, 2, b"ckpt2", epoch(2, 12.0))
-    rec2 = Recorder("exp", tmp_path, [done, diverged, stopped], PROV)
+    rec2 = Recorder(ExperimentLayout.of(tmp_path, "exp"), [done, diverged, stopped], PROV)
     assert [t.trial_id for t in rec2.pending()] == [stopped.trial_id]
     assert {t.trial_id for t in rec2.skipped()} == {done.trial_id, diverged.trial_id}
-    metrics = pd.read_parquet(rec2.paths["metrics"])
+    metrics = pd.read_parquet(rec2.layout.metrics)
     assert (stopped.trial_id, 2) in set(zip(metrics.trial_id, metrics.epoch))
     assert store.begin(stopped.trial_id) == {"attempt": 2, "epoch": 2, "checkpoint": b"ckpt2"}
-    assert math.isnan(pd.read_parquet(rec2.paths["trials"]).set_index("trial_id")
+    assert math.isnan(pd.read_parquet(rec2.layout.trials).set_index("trial_id")
                       .loc[diverged.trial_id, "best_val_acc1"])
 
 
 def test_a_scheduler_stop_at_the_last_epoch_counts_as_completed(tmp_path):
     last, nan = (tiny_trial(tmp_path / "data", n, epochs=2) for n in ("batch", "group"))
-    rec = Recorder("exp", tmp_path, [last, nan], PROV)
+    rec = Recorder(ExperimentLayout.of(tmp_path, "exp"), [last, nan], PROV)
     for e in (1, 2):
         rec.result(last.trial_id, {**epoch(e, 30.0 + e), "attempt": 1})
     rec.result(nan.trial_id, {**epoch(1, 10.0, float("inf")), "attempt": 1})
     rec.finished(last.trial_id)           # ASHA stops at max_t before the trainable returns
     rec.finished(nan.trial_id)
-    trials = pd.read_parquet(rec.paths["trials"]).set_index("trial_id")
+    trials = pd.read_parquet(rec.layout.trials).set_index("trial_id")
     assert trials.loc[last.trial_id, "status"] == "completed"
     assert trials.loc[nan.trial_id, "status"] == "diverged"

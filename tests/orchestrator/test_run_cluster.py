@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from orch_helpers import tiny_trial
 
-from orchestrator.live import LiveView
-from orchestrator.runner import run_trials
+from orchestrator.execute.live import LiveView
+from orchestrator.execute.runner import run_trials
 from trainers.errors import UserError
 
 
@@ -30,7 +30,7 @@ def test_fractional_gpu_trials_share_gpus_across_two_nodes(two_node_cluster, tmp
     summary = run_trials("cluster", trials, tmp_path / "results",
                          address=two_node_cluster.address, live=LiveView("cluster", tty=False))
     assert summary.counts == {"completed": 4}
-    rows = pd.read_parquet(summary.paths["trials"])
+    rows = pd.read_parquet(summary.layout.trials)
     assert rows.node_id.nunique() == 2            # placed on both nodes
     assert (rows.gpu_ids != "").all()             # every trial was given a (logical) GPU
     shared = False
@@ -41,7 +41,7 @@ def test_fractional_gpu_trials_share_gpus_across_two_nodes(two_node_cluster, tmp
         shared |= any(a["started_at"] < b["updated_at"] and b["started_at"] < a["updated_at"]
                       for i, a in enumerate(runs) for b in runs[i + 1:])
     assert shared
-    metrics = pd.read_parquet(summary.paths["metrics"])   # all records reached the driver
+    metrics = pd.read_parquet(summary.layout.metrics)   # all records reached the driver
     assert sorted(zip(metrics.trial_id, metrics.epoch)) == sorted(
         (t.trial_id, e) for t in trials for e in (1, 2))
 

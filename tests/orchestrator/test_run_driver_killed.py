@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 import psutil  # noqa: E402
+import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 from orch_helpers import tiny_yaml
 
-from orchestrator.checkpoints import read_state
-from orchestrator.experiments import load_experiments
-from orchestrator.grid import expand
+from orchestrator.execute.store import read_state
+from orchestrator.plan.experiments import load_experiments
+from orchestrator.plan.trials import expand
 
 REPO = Path(__file__).resolve().parents[2]
 

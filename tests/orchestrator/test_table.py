@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from test_table_fixtures import RUNS, write_results
 
 from orchestrator.cli import main
-from orchestrator.stats import load_runs
-from orchestrator.table import table_rows, write_tables
-from test_table_fixtures import RUNS, write_results
+from orchestrator.report.stats import load_runs
+from orchestrator.report.table import table_rows, write_tables
 
 
 def row_for(rows, dataset, norm, options=""):
@@ -186,7 +186,7 @@ def test_cli_missing_results_path_is_one_line_error(tmp_path, capsys):
 
 
 def test_paper_rows_match_only_the_paper_settings():
-    from orchestrator.paper import paper_entry
+    from orchestrator.report.paper import paper_entry
 
     row = paper_entry("accuracy", "imagenet", "resnet50", 0, "online",
                       dict(afwd=0.999, abkw=0.99, ecm="ls"))

@@ -59,13 +59,13 @@ def write_results(folder: Path, runs=RUNS, with_trials: bool = True,
     rows, trials = [], []
     for seed, (tid, dataset, norm, opts, status, acc, loss) in enumerate(runs):
         cfg = config(dataset, norm, opts, seed=seed, **extra_config.get(tid, {}))
-        for i, (a, l) in enumerate(zip(acc, loss)):
+        for i, (a, lo) in enumerate(zip(acc, loss)):
             epoch = i + 1
             rows.append(dict(
                 experiment="toy", trial_id=tid, dataset=dataset, arch="resnet", depth=20,
                 norm=norm, afwd=cfg["afwd"], abkw=cfg["abkw"], ecm="ls", seed=seed,
                 epoch=epoch, lr=0.1 * 0.1 ** sum(epoch > m for m in MILESTONES),
-                train_loss=l * 0.5, train_acc1=a, train_acc5=a, val_loss=l, val_acc1=a,
+                train_loss=lo * 0.5, train_acc1=a, train_acc5=a, val_loss=lo, val_acc1=a,
                 val_acc5=a, epoch_time_s=1.0, images_per_s=100.0))
         trials.append(dict(experiment="toy", trial_id=tid, dataset=dataset, norm=norm,
                            status=status, epochs=4, epochs_done=len(acc),

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.experiments import load_experiments
-from orchestrator.tune_experiment import planned_points
+from orchestrator.plan.experiments import load_experiments
+from orchestrator.plan.tune_kind import planned_points
 
 PROJECT_YAML = Path(__file__).resolve().parents[2] / "experiments.yaml"
 
@@ -139,7 +139,8 @@ def test_optuna_search_runs_its_budget_and_resumes_without_retraining(
     config.write_text(TINY_TUNE.replace("searcher: random", "searcher: optuna")
                       .replace("num_samples: 6", "num_samples: 3")
                       .replace("afwd: {dyadic: [1, 10]}", "afwd: {loguniform: [0.0005, 0.1]}")
-                      .replace("epochs: 3", "epochs: 2").replace("grace_period: 1", "grace_period: 2"))
+                      .replace("epochs: 3", "epochs: 2")
+                      .replace("grace_period: 1", "grace_period: 2"))
     results = tmp_path / "results"
     args = ["tune", "tiny-tune", "--config", str(config), "--results", str(results)]
     assert main(args) == 0
@@ -159,8 +160,8 @@ def test_optuna_resume_takes_diverged_and_out_of_space_configurations_in_stride(
     # (its score is NaN) and two its current dyadic axis cannot hold. They count against the
     # budget, the NaN one is a failed trial to Optuna, and the search asks only for the rest.
     pytest.importorskip("optuna")
-    from orchestrator import tune_search
-    from orchestrator.runner import RunSummary
+    from orchestrator.execute import search as tune_search
+    from orchestrator.execute.runner import RunSummary
     from trainers.decay import dyadic
 
     config = tmp_path / "experiments.yaml"
@@ -187,22 +188,23 @@ def test_optuna_resume_takes_diverged_and_out_of_space_configurations_in_stride(
 
 
 def test_dry_run_shows_a_trial_the_scheduler_stopped_as_done_for_a_search(tmp_path):
-    from orchestrator.recorder import SEARCH_DONE_STATUSES, paths
-    from orchestrator.status import trial_progress
-    from orchestrator.tune_experiment import point_trials
+    from orchestrator.cli.progress import trial_progress
+    from orchestrator.layout import SEARCH_DONE_STATUSES, ExperimentLayout
+    from orchestrator.plan.tune_kind import point_trials
 
     config = tmp_path / "experiments.yaml"
     config.write_text(TINY_TUNE)
     experiment = load_experiments(config)["tiny-tune"]
     [trial] = point_trials(experiment, [{"afwd": 0.5, "abkw": 0.75}])
-    trials_path = paths(tmp_path, "tiny-tune")["trials"]
+    layout = ExperimentLayout.of(tmp_path, "tiny-tune")
+    trials_path = layout.trials
     trials_path.parent.mkdir(parents=True)
     pd.DataFrame({"trial_id": [trial.trial_id], "status": ["stopped"],
                   "epochs_done": [1]}).to_parquet(trials_path)
     # `onorm tune` does not rerun it; `onorm run` would, so there it is partial
-    assert trial_progress(tmp_path, "tiny-tune", [trial], SEARCH_DONE_STATUSES) == {
+    assert trial_progress(layout, [trial], SEARCH_DONE_STATUSES) == {
         trial.trial_id: ("done", 1, "stopped")}
-    assert trial_progress(tmp_path, "tiny-tune", [trial]) == {
+    assert trial_progress(layout, [trial]) == {
         trial.trial_id: ("partial", 1, "stopped")}
 
 

@@ -1,29 +1,30 @@
 """Tuning search spaces, ranking and snippet: values, not just shapes."""
 
-import random
 
 import pandas as pd
 import pytest
 
-from orchestrator import tuning
+from orchestrator.plan import search_space
+from orchestrator.report import heatmap
+from orchestrator.report import ranking as rank
 from trainers.errors import UserError
 
 
 def test_dyadic_grid_holds_the_papers_cifar10_pair():
-    space = tuning.parse_space("tune-cifar10.space",
+    space = search_space.parse_space("tune-cifar10.space",
                                {"afwd": {"dyadic": [8, 12]}, "abkw": {"dyadic": [5, 9]}})
-    points = tuning.grid_points(space)
+    points = search_space.grid_points(space)
     assert len(points) == 5 * 5
     assert {"afwd": 1023 / 1024, "abkw": 127 / 128} in points
     assert min(p["afwd"] for p in points) == 1 - 2 ** -8
 
 
 def test_random_points_are_reproducible_distinct_and_in_range():
-    space = tuning.parse_space("t", {"afwd": {"loguniform": [1e-4, 1e-1]},
+    space = search_space.parse_space("t", {"afwd": {"loguniform": [1e-4, 1e-1]},
                                      "abkw": {"dyadic": [2, 6]}})
-    first = tuning.random_points(space, 12, seed=3)
-    assert first == tuning.random_points(space, 12, seed=3)
-    assert first != tuning.random_points(space, 12, seed=4)
+    first = search_space.random_points(space, 12, seed=3)
+    assert first == search_space.random_points(space, 12, seed=3)
+    assert first != search_space.random_points(space, 12, seed=4)
     assert len({(p["afwd"], p["abkw"]) for p in first}) == 12
     for p in first:
         assert 1e-4 <= 1 - p["afwd"] <= 1e-1 + 1e-12
@@ -38,14 +39,14 @@ def test_random_points_are_reproducible_distinct_and_in_range():
 ])
 def test_bad_spaces_name_the_key(raw, fragment):
     with pytest.raises(UserError, match=fragment):
-        tuning.parse_space("tune-x.space", raw)
+        search_space.parse_space("tune-x.space", raw)
 
 
 def test_grid_refuses_continuous_axis():
-    space = tuning.parse_space("t", {"afwd": {"loguniform": [1e-3, 1e-1]},
+    space = search_space.parse_space("t", {"afwd": {"loguniform": [1e-3, 1e-1]},
                                      "abkw": {"dyadic": [2, 3]}})
     with pytest.raises(UserError, match="afwd is loguniform"):
-        tuning.grid_points(space)
+        search_space.grid_points(space)
 
 
 def test_ranking_uses_median_over_seeds_of_each_runs_best():
@@ -58,7 +59,7 @@ def test_ranking_uses_median_over_seeds_of_each_runs_best():
     rows.append(dict(trial_id="b1", afwd=0.75, abkw=0.75, epoch=1, val_acc1=55.0))
     trials = pd.DataFrame({"trial_id": ["a1", "a2", "b1"],
                            "status": ["completed", "completed", "stopped"]})
-    ranking = tuning.rank_configurations(pd.DataFrame(rows), trials)
+    ranking = rank.rank_configurations(pd.DataFrame(rows), trials)
     assert list(ranking["afwd"]) == [0.5, 0.75]
     assert list(ranking["median_best_val_acc1"]) == [60.0, 55.0]
     assert list(ranking["runs"]) == [2, 1]
@@ -66,9 +67,9 @@ def test_ranking_uses_median_over_seeds_of_each_runs_best():
 
 
 def test_snippet_writes_dyadic_values_as_exact_fractions():
-    snippet = tuning.yaml_snippet({"afwd": 1023 / 1024, "abkw": 0.9375})
+    snippet = rank.yaml_snippet({"afwd": 1023 / 1024, "abkw": 0.9375})
     assert "afwd: 1023/1024" in snippet and "abkw: 15/16" in snippet
-    assert "afwd: 0.9987" in tuning.yaml_snippet({"afwd": 0.9987, "abkw": 0.5})
+    assert "afwd: 0.9987" in rank.yaml_snippet({"afwd": 0.9987, "abkw": 0.5})
 
 
 def test_heatmap_grid_spans_every_k_and_leaves_unrun_cells_blank(tmp_path):
@@ -76,12 +77,12 @@ def test_heatmap_grid_spans_every_k_and_leaves_unrun_cells_blank(tmp_path):
 
     ranking = pd.DataFrame({"afwd": [0.5, 0.5, 0.75], "abkw": [0.5, 0.875, 0.5],
                             "median_best_val_acc1": [10.0, 20.0, 30.0]})
-    rows, cols, grid = tuning.dyadic_grid(ranking)
+    rows, cols, grid = rank.dyadic_grid(ranking)
     assert rows == [1, 2] and cols == [1, 2, 3]           # abkw k=2 (3/4) never ran
     assert grid[0, 0] == 10.0 and grid[0, 2] == 20.0 and grid[1, 0] == 30.0
     assert math.isnan(grid[0, 1]) and math.isnan(grid[1, 2])
     continuous = ranking.assign(afwd=[0.5, 0.5, 0.7])
-    assert tuning.dyadic_grid(continuous) is None         # drawn as a scatter instead
+    assert rank.dyadic_grid(continuous) is None         # drawn as a scatter instead
     for frame in (ranking, continuous):
-        path = tuning.plot_heatmap(frame, tmp_path / "heat.png", "t")
+        path = heatmap.plot_heatmap(frame, tmp_path / "heat.png", "t")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic datasets in the real on-disk formats, written once per session."""
+"""Shared fixtures: small synthetic datasets in the real on-disk formats, written once a session."""
 
 from __future__ import annotations
 

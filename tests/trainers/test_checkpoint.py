@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from trainers.checkpoint import (BEST_NAME, CHECKPOINT_NAME, check_compatible, load_checkpoint,
-                                 rng_state, save_checkpoint, set_rng_state)
+from trainers.checkpoint import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from trainers.errors import UserError
 
 

@@ -1,4 +1,4 @@
-"""`onorm train`: every seed-script flag parses and takes effect; bad input is one line, exit != 0."""
+"""`onorm train`: every seed-script flag parses and takes effect; bad input is one line, exit 2."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize("argv, needle", [
     (["-d", "9"], "depth 9 is not 6n+2"),
     (["--afwd", "1.5"], "afwd must be in (0, 1)"),
-    (["-b", "0"], "batch_size must be at least 1"),
+    (["-b", "0"], "batch_size must be >= 1"),
     (["-j", "-1"], "workers must be >= 0"),
     (["--start-epoch", "-1"], "--start-epoch must be in [0, 250)"),
     (["--start-epoch", "250"], "--start-epoch must be in [0, 250)"),
@@ -181,7 +181,7 @@ def test_bad_values_are_one_line_user_errors(argv, needle, cifar10_dir, tmp_path
 
 @pytest.mark.parametrize("argv, needle", [
     (["--norm-mode", "batchy"], "invalid choice: 'batchy'"),
-    (["--lr", "fast"], "invalid float value: 'fast'"),
+    (["--lr", "fast"], "expected a number or a fraction like 1023/1024, got 'fast'"),
     (["--afwd", "1023/0"], "fraction like 1023/1024"),
     (["--ecm", "xx"], "invalid choice"),
 ])

@@ -31,8 +31,8 @@ def _config(root, **overrides):
 
 
 def test_counts_and_val_transform_values(folder):
-    from PIL import Image
     import torchvision.transforms.functional as TF
+    from PIL import Image
 
     data = build_data(_config(folder), CPU)
     assert (data.num_classes, data.input_size) == (3, 32)
@@ -77,7 +77,7 @@ def test_training_batches_depend_only_on_seed_and_epoch(folder):
 
 def test_random_resized_box_ranges():
     g = torch.Generator().manual_seed(0)
-    areas, flips_seen = [], set()
+    areas = []
     for _ in range(300):
         top, left, h, w = random_resized_box(50, 40, g)
         assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 50

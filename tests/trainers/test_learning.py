@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from devices import DEVICES
+
 from trainers.config import make_config
 from trainers.train import train
 

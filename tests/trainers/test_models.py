@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import DEVICES
 from torch import nn
 
-from devices import DEVICES
 from norms import NORM_MODES
 from trainers.config import make_config
 from trainers.errors import UserError

@@ -9,8 +9,14 @@ import pandas as pd
 import pytest
 
 from trainers.config import make_config
-from trainers.records import (EPOCH_METRIC_KEYS, METRIC_COLUMNS, metric_row, rows_frame,
-                              upsert_rows, write_parquet_atomic)
+from trainers.records import (
+    EPOCH_METRIC_KEYS,
+    METRIC_COLUMNS,
+    metric_row,
+    rows_frame,
+    upsert_rows,
+    write_parquet_atomic,
+)
 
 
 def _metrics(epoch: int, acc: float = 50.0) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from devices import DEVICES
+
 from trainers.train import train
 
 TIMING_COLUMNS = ["epoch_time_s", "images_per_s"]

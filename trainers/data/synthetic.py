@@ -10,8 +10,11 @@ or two, yet the noise keeps the task from being solved by a single pixel.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +166,31 @@ def write_synthetic_imagenet(root: str | Path, classes: int = 10, n_train_per_cl
             path = root / split / wnids[label] / f"{wnids[label]}_{i:06d}.JPEG"
             Image.fromarray(image).save(path, format="JPEG", quality=90)
     return root
+
+
+def ensure_synthetic_cifar(data_dir: str | Path, dataset: str, synthetic: dict[str, int]) -> Path:
+    """DATA_DIR/<cifar folder> of an experiment's `synthetic: {n_train, n_test}` dataset,
+    written first if it is not there (seed 0: every trial and machine writes the same).
+
+    Several trials may start at once on one machine: each writes into its own temporary
+    folder and renames it into place; the first rename wins and the others are discarded.
+    An existing folder (real data or an earlier synthetic one) is never overwritten.
+    """
+    data_dir = Path(data_dir)
+    target = data_dir / LAYOUTS[dataset].folder
+    if target.exists():
+        return target
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=data_dir))
+    try:
+        folder = write_synthetic_cifar(tmp, classes=LAYOUTS[dataset].num_classes,
+                                       n_train=synthetic["n_train"], n_test=synthetic["n_test"],
+                                       seed=0)
+        try:
+            os.rename(folder, target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -13,7 +13,7 @@ PACKAGES = ("torch", "torchvision", "ray", "onorm")
 
 def git_commit(repo: Path | None = None) -> str:
     """HEAD's hash, with '+dirty' when tracked files differ from it; '' outside a checkout."""
-    repo = repo or Path(__file__).resolve().parent.parent
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()

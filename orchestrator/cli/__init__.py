@@ -16,9 +16,9 @@ from trainers.errors import UserError
 SUBCOMMAND_MODULES = (
     "trainers.cli_train",
     "trainers.cli_data",
-    "orchestrator.cli_run",
-    "orchestrator.cli_tune",
-    "orchestrator.cli_report",
+    "orchestrator.cli.run",
+    "orchestrator.cli.tune",
+    "orchestrator.cli.report",
 )
 
 
@@ -47,6 +47,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return int(code or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from orchestrator.checkpoints import read_state
-from orchestrator.grid import TrialSpec
-from orchestrator.recorder import DONE_STATUSES, paths
+from orchestrator.execute.store import read_state
+from orchestrator.layout import DONE_STATUSES, ExperimentLayout
+from orchestrator.plan.trials import TrialSpec
 
 
-def trial_progress(results_dir: Path, experiment: str, trials: list[TrialSpec],
+def trial_progress(layout: ExperimentLayout, trials: list[TrialSpec],
                    done_statuses: tuple[str, ...] = DONE_STATUSES
                    ) -> dict[str, tuple[str, int, str]]:
-    """trial_id -> (done|partial|new, epochs done, recorded status) from Parquet and checkpoints;
-    done_statuses: those a rerun skips (a search also skips trials its scheduler stopped)."""
-    p = paths(results_dir, experiment)
+    """trial_id -> (done|partial|new, epochs done, recorded status) from Parquet and the
+    trial store; done_statuses: those a rerun skips (a search also skips what its scheduler
+    stopped)."""
     recorded: dict[str, dict] = {}
-    if p["trials"].exists():
+    if layout.trials.exists():
         import pyarrow.parquet as pq  # lighter than pandas: keeps --dry-run fast
 
-        table = pq.read_table(p["trials"], columns=["trial_id", "status", "epochs_done"])
+        table = pq.read_table(layout.trials, columns=["trial_id", "status", "epochs_done"])
         recorded = {r["trial_id"]: r for r in table.to_pylist()}
     out = {}
     for trial in trials:
         row = recorded.get(trial.trial_id, {})
-        state = read_state(p["checkpoints"] / trial.trial_id)
+        state = read_state(layout.trial_store(trial.trial_id))
         status = state["outcome"] or row.get("status") or ""
         epochs = max(int(row.get("epochs_done") or 0), int(state["epoch"]))
         if status in done_statuses:

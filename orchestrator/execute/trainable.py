@@ -33,7 +33,7 @@ def ensure_synthetic_data(config, synthetic: dict[str, int] | None) -> None:
     """Write the synthetic CIFAR-format dataset once per machine (the demo and tests)."""
     if not synthetic:
         return
-    from orchestrator.demo_data import ensure_synthetic_cifar
+    from trainers.data.synthetic import ensure_synthetic_cifar
 
     ensure_synthetic_cifar(config.data_dir, config.dataset, synthetic)
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.grid import TrialSpec, describe_options
-from orchestrator.recorder import DONE_STATUSES
-from orchestrator.status import trial_progress
+from orchestrator.cli.progress import trial_progress
+from orchestrator.layout import DONE_STATUSES, ExperimentLayout
+from orchestrator.plan.trials import TrialSpec, describe_options
 
 
-def print_plan(experiment, trials: list[TrialSpec], results_dir: Path,
+def print_plan(experiment, trials: list[TrialSpec], results_root: Path,
                done_statuses: tuple[str, ...] = DONE_STATUSES) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    progress = trial_progress(results_dir, experiment.name, trials, done_statuses)
+    layout = ExperimentLayout.of(results_root, experiment.name)
+    progress = trial_progress(layout, trials, done_statuses)
     table = Table(title=f"{experiment.name}: {len(trials)} trials "
-                        f"({experiment.dataset}, results in {results_dir / experiment.name})",
+                        f"({experiment.dataset}, results in {layout.dir})",
                   title_justify="left")
     for col in ("trial_id", "dataset", "arch", "norm", "options", "seed", "epochs", "cpu",
                 "gpu", "status"):

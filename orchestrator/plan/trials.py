@@ -1,26 +1,16 @@
-"""Expand an experiment into trials: resolved TrialConfigs with stable ids and resources.
-
-trial_id = the first 12 hex digits of sha256 over the canonical JSON of every setting that
-can change the results: the whole TrialConfig except where the data lives (`data_dir`) and
-how the launcher runs it (`workers`, `device`), plus the synthetic dataset's shape when the
-data is generated. Moving the data folder or changing the number of loader workers or the
-device therefore keeps the id (and the recorded progress); changing any hyperparameter,
-the seed or the normalizer options makes a new trial.
-"""
+"""Expand an experiment into trials: resolved TrialConfigs with stable ids and resources."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.experiments import Experiment
+from norms.modes import options_of
+from orchestrator.plan.experiments import Experiment
+from orchestrator.plan.trial_id import make_trial_id
 from trainers.config import TrialConfig, make_config
 from trainers.decay import fraction_text
-
-LAUNCH_ONLY_FIELDS = ("data_dir", "workers", "device")
 
 
 @dataclass(frozen=True)
@@ -37,18 +27,9 @@ class TrialSpec:
         return {"trial_id": self.trial_id, "config": self.config.to_dict(),
                 "resources": dict(self.resources), "synthetic": self.synthetic}
 
-
-def identity(config: TrialConfig, synthetic: dict[str, int] | None = None) -> dict[str, Any]:
-    values = {k: v for k, v in config.to_dict().items() if k not in LAUNCH_ONLY_FIELDS}
-    if synthetic:
-        values["synthetic_data"] = dict(sorted(synthetic.items()))
-    return values
-
-
-def make_trial_id(config: TrialConfig, synthetic: dict[str, int] | None = None) -> str:
-    canonical = json.dumps(identity(config, synthetic), sort_keys=True, separators=(",", ":"),
-                           allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    def recorded_config(self) -> dict[str, Any]:
+        """The config as trials.parquet records it (config_json): with the data's shape."""
+        return {**self.config.to_dict(), "synthetic_data": self.synthetic}
 
 
 def make_trial(config: TrialConfig, resources: dict[str, float],
@@ -91,9 +72,8 @@ def data_folder(experiment: Experiment, data_dir: str | None = None) -> str:
 
 def describe_options(config: TrialConfig) -> str:
     """The normalizer's own options, e.g. 'afwd=1023/1024 abkw=127/128 ecm=ls'."""
-    if config.norm == "online":
-        return (f"afwd={fraction_text(config.afwd)} abkw={fraction_text(config.abkw)} "
-                f"ecm={config.ecm}")
-    if config.norm == "group":
-        return f"groups={config.gn_num_groups}"
-    return ""
+    parts = []
+    for key in options_of(config.norm):
+        value = getattr(config, key)
+        parts.append(f"{key}={fraction_text(value) if key in ('afwd', 'abkw') else value}")
+    return " ".join(parts)

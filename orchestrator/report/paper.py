@@ -8,20 +8,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from norms.modes import options_of
+
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 
 DATASET_NAMES = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "imagenet": "ImageNet"}
 
-# The decay factors the paper used for Online Norm on each dataset; an online setting is
-# compared with the paper's row only when it ran with these (and layer scaling).
-PAPER_ONLINE_DECAYS = {
-    "cifar10": (1023 / 1024, 127 / 128),
-    "cifar100": (511 / 512, 15 / 16),
-    "imagenet": (0.999, 0.99),
+# The normalizer options the paper ran with on each dataset (its decay factors, layer scaling,
+# the seed scripts' group counts); a setting is compared with the paper's row only when every
+# option its kind takes (norms.modes) matches these.
+PAPER_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "cifar10": {"online": {"afwd": 1023 / 1024, "abkw": 127 / 128, "ecm": "ls"},
+                "group": {"gn_num_groups": 8}},
+    "cifar100": {"online": {"afwd": 511 / 512, "abkw": 15 / 16, "ecm": "ls"},
+                 "group": {"gn_num_groups": 8}},
+    "imagenet": {"online": {"afwd": 0.999, "abkw": 0.99, "ecm": "ls"},
+                 "group": {"gn_num_groups": 32}},
 }
-PAPER_ONLINE_ECM = "ls"
-# Group counts the paper used (seed scripts' defaults).
-PAPER_GN_GROUPS = {"cifar10": 8, "cifar100": 8, "imagenet": 32}
 
 
 def network_name(arch: str, depth: Any) -> str:
@@ -55,11 +58,13 @@ def load_paper() -> tuple[dict[str, Any], ...]:
     return tuple(rows)
 
 
-def _close(a: Any, b: float) -> bool:
-    try:
-        return math.isclose(float(a), b, rel_tol=0, abs_tol=1e-6)  # float32 0.999 is off by 1e-8
-    except (TypeError, ValueError):
-        return False
+def _same(ours: Any, paper: Any) -> bool:
+    if isinstance(paper, float):
+        try:   # float32 0.999 is off by 1e-8
+            return math.isclose(float(ours), paper, rel_tol=0, abs_tol=1e-6)
+        except (TypeError, ValueError):
+            return False
+    return ours == paper
 
 
 def paper_entry(metric: str, dataset: str, arch: str, depth: Any, norm: str,
@@ -71,17 +76,10 @@ def paper_entry(metric: str, dataset: str, arch: str, depth: Any, norm: str,
     are assumed to match.
     """
     options = options or {}
-    if norm == "online":
-        decays = PAPER_ONLINE_DECAYS.get(dataset)
-        if decays is None:
-            return None
-        if not (_close(options.get("afwd", decays[0]), decays[0])
-                and _close(options.get("abkw", decays[1]), decays[1])):
-            return None
-        if options.get("ecm", PAPER_ONLINE_ECM) != PAPER_ONLINE_ECM:
-            return None
-    if norm == "group" and "gn_num_groups" in options:
-        if options["gn_num_groups"] != PAPER_GN_GROUPS.get(dataset):
+    paper_options = PAPER_OPTIONS.get(dataset, {}).get(norm, {})
+    for key in options_of(norm):
+        if key in options and key in paper_options and not _same(options[key],
+                                                                  paper_options[key]):
             return None
     want = (DATASET_NAMES.get(dataset), network_name(arch, depth), metric, norm)
     for row in load_paper():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from orchestrator.grid import describe_options
+from orchestrator.plan.trials import describe_options
 
 STYLE = {"completed": "green", "running": "cyan", "failed": "red", "diverged": "yellow",
          "stopped": "magenta", "pending": "dim"}

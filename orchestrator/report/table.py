@@ -1,12 +1,12 @@
 """Result tables: the paper's statistic per setting beside the paper's numbers, as md/csv/tex.
 
-Files written under <results>/<experiment>/tables/:
+Files written under the experiment folder's tables/:
     accuracy.md, accuracy.csv, accuracy.tex   validation top-1 accuracy (percent)
     loss.md,     loss.csv,     loss.tex       validation loss
 Columns: dataset, network, norm, options, best_epoch, epochs (last epoch reached), median,
 min, max, mean, std, runs, diverged, then the paper's best_epoch, total epochs and median
 for the matching row, and diff = ours - paper (median). With one run, min, max and std are
-N/A (empty in the CSV). How the statistic is computed: orchestrator/stats.py.
+N/A (empty in the CSV). How the statistic is computed: orchestrator/report/stats.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from orchestrator.paper import DATASET_NAMES, network_name, paper_entry
-from orchestrator.stats import Runs, Summary, excluded_note, load_runs, summarize
-from trainers.atomic import replace_atomically
+from orchestrator.layout import ExperimentLayout
+from orchestrator.report.paper import DATASET_NAMES, network_name, paper_entry
+from orchestrator.report.stats import Runs, Summary, excluded_note, load_runs, summarize
+from trainers.atomic import write_text_atomically
 
 METRICS = ("accuracy", "loss")
 FORMATS = ("md", "csv", "latex")
@@ -63,7 +64,7 @@ def _row(s: Summary, metric: str) -> dict[str, Any]:
 
 def footer_lines(runs: Runs) -> list[str]:
     lines = [n for n in [excluded_note(runs)] if n] + list(runs.notes)
-    lines.append(f"std: population standard deviation (ddof=0) over runs at the best epoch; "
+    lines.append("std: population standard deviation (ddof=0) over runs at the best epoch; "
                  "best epoch: where the median over runs is best.")
     return lines
 
@@ -141,35 +142,32 @@ def render(runs: Runs, metric: str, fmt: str) -> str:
     return render_latex(runs, rows, metric)
 
 
-def write_tables(results_dir: Path, include_running: bool = False,
+def write_tables(exp_dir: Path, include_running: bool = False,
                  runs: Runs | None = None) -> dict[tuple[str, str], Path]:
     """Write every metric in every format; returns {(metric, fmt): path}."""
-    results_dir = Path(results_dir)
-    runs = runs if runs is not None else load_runs(results_dir, include_running)
-    out_dir = results_dir / "tables"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    layout = ExperimentLayout(Path(exp_dir))
+    runs = runs if runs is not None else load_runs(layout.dir, include_running)
     written = {}
     for metric in METRICS:
         for fmt in FORMATS:
-            path = out_dir / f"{metric}{FILE_SUFFIX[fmt]}"
-            text = render(runs, metric, fmt)
-            replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            path = layout.table(metric, FILE_SUFFIX[fmt])
+            write_text_atomically(path, render(runs, metric, fmt))
             written[(metric, fmt)] = path
     return written
 
 
-def write_report(results_dir: Path, include_running: bool = False) -> list[Path]:
+def write_report(exp_dir: Path, include_running: bool = False) -> list[Path]:
     """Tables and plots for one experiment folder; [] when it holds no metrics yet.
 
     Called at the end of `onorm run`; partial results (running trials, no trials.parquet,
     no finished epoch) give partial or empty tables and no plots rather than an error.
     """
-    from orchestrator.plot import write_plots
+    from orchestrator.report.plot import write_plots
 
-    results_dir = Path(results_dir)
-    if not (results_dir / "metrics.parquet").exists():
+    layout = ExperimentLayout(Path(exp_dir))
+    if not layout.metrics.exists():
         return []
-    runs = load_runs(results_dir, include_running)
-    paths = list(write_tables(results_dir, include_running, runs=runs).values())
-    paths += write_plots(results_dir, include_running, runs=runs)
+    runs = load_runs(layout.dir, include_running)
+    paths = list(write_tables(layout.dir, include_running, runs=runs).values())
+    paths += write_plots(layout.dir, include_running, runs=runs)
     return paths

@@ -13,21 +13,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.checkpoints import CheckpointStore
-from orchestrator.grid import TrialSpec
+from orchestrator.execute.store import CheckpointStore
+from orchestrator.layout import DONE_STATUSES, ExperimentLayout
+from orchestrator.plan.trials import TrialSpec
 
-STATUSES = ("pending", "running", "completed", "stopped", "diverged", "failed")
-DONE_STATUSES = ("completed", "diverged")
-# A search does not rerun what its scheduler stopped early: that is its answer for the point.
-SEARCH_DONE_STATUSES = DONE_STATUSES + ("stopped",)
 TRIAL_COLUMNS = [
     "experiment", "trial_id", "dataset", "arch", "depth", "norm", "afwd", "abkw", "ecm",
     "seed", "status", "epochs", "epochs_done", "best_epoch", "best_val_acc1", "config_json",
-    "attempts", "error", "git_commit", "package_versions", "host", "device", "node_id",
-    "gpu_ids", "start_epoch", "started_at", "updated_at",
+    "attempts", "error", "git_commit", "package_versions", "first_git_commit", "host",
+    "device", "node_id", "gpu_ids", "start_epoch", "started_at", "updated_at",
 ]
 # Reported by the trainable beside the epoch metrics; copied into the trial's row.
 # start_epoch/started_at describe the latest attempt (start_epoch > 1: it resumed).
@@ -35,35 +31,28 @@ CONTEXT_KEYS = ("host", "device", "node_id", "gpu_ids")
 ATTEMPT_KEYS = ("start_epoch", "started_at")
 
 
-def paths(results_dir: Path, experiment: str) -> dict[str, Path]:
-    exp_dir = Path(results_dir) / experiment
-    return {"dir": exp_dir, "metrics": exp_dir / "metrics.parquet",
-            "trials": exp_dir / "trials.parquet", "checkpoints": exp_dir / "checkpoints",
-            "experiment": exp_dir / "experiment.yaml", "ray": exp_dir / "ray"}
-
-
 class Recorder:
     """Holds the run's rows in memory and rewrites the Parquet files after each event."""
 
-    def __init__(self, experiment: str, results_dir: Path, trials: list[TrialSpec],
+    def __init__(self, layout: ExperimentLayout, trials: list[TrialSpec],
                  provenance: dict[str, str], skip_statuses: tuple[str, ...] = DONE_STATUSES,
                  on_change: Callable[["Recorder", str], None] | None = None):
         import pandas as pd
 
-        self.experiment = experiment
-        self.paths = paths(results_dir, experiment)
-        self.store = CheckpointStore(self.paths["checkpoints"])
+        self.experiment = layout.name
+        self.layout = layout
+        self.store = CheckpointStore(layout.store)
         self.specs = {t.trial_id: t for t in trials}
         self.provenance = provenance
         self.skip_statuses = skip_statuses
         self.on_change = on_change or (lambda recorder, message: None)
         self.metrics: dict[tuple[str, int], dict[str, Any]] = {}
         self.rows: dict[str, dict[str, Any]] = {}
-        if self.paths["metrics"].exists():
-            for row in pd.read_parquet(self.paths["metrics"]).to_dict("records"):
+        if layout.metrics.exists():
+            for row in pd.read_parquet(layout.metrics).to_dict("records"):
                 self.metrics[(row["trial_id"], int(row["epoch"]))] = row
-        if self.paths["trials"].exists():
-            for row in pd.read_parquet(self.paths["trials"]).to_dict("records"):
+        if layout.trials.exists():
+            for row in pd.read_parquet(layout.trials).to_dict("records"):
                 self.rows[row["trial_id"]] = row
         self.reconcile()
 
@@ -103,7 +92,12 @@ class Recorder:
 
     # ------------------------------------------------------------ events
     def started(self, trial_id: str) -> None:
-        self._set(trial_id, status="running")
+        """An attempt of this run begins: the row now describes this code and packages (the
+        first attempt's commit stays in first_git_commit)."""
+        row = self.rows[trial_id]
+        first = (row.get("first_git_commit") or row.get("git_commit")
+                 or self.provenance["git_commit"])
+        self._set(trial_id, status="running", first_git_commit=first, **self.provenance)
         self.on_change(self, f"{trial_id} started")
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -175,11 +169,10 @@ class Recorder:
             "abkw": float(c.abkw), "ecm": c.ecm, "seed": c.seed, "status": "pending",
             "epochs": int(c.epochs), "epochs_done": 0, "best_epoch": 0,
             "best_val_acc1": float("nan"),
-            "config_json": json.dumps({**spec.to_payload()["config"],
-                                       "synthetic_data": spec.synthetic}, sort_keys=True),
+            "config_json": json.dumps(spec.recorded_config(), sort_keys=True),
             "attempts": 0, "error": "", "host": "", "device": "", "node_id": "", "gpu_ids": "",
             "start_epoch": 0, "started_at": float("nan"), **self.provenance,
-            "updated_at": time.time(),
+            "first_git_commit": "", "updated_at": time.time(),
         }
 
     def _set(self, trial_id: str, write: bool = True, **changes: Any) -> None:
@@ -205,10 +198,10 @@ class Recorder:
 
         if metrics:
             rows = [self.metrics[k] for k in sorted(self.metrics)]
-            write_parquet_atomic(rows_frame(rows), self.paths["metrics"])
+            write_parquet_atomic(rows_frame(rows), self.layout.metrics)
         trials = pd.DataFrame(list(self.rows.values()), columns=TRIAL_COLUMNS)
         trials["seed"] = trials["seed"].astype("Int64")
         trials["started_at"] = trials["started_at"].astype("float64")
         for col in ("depth", "epochs", "epochs_done", "best_epoch", "attempts", "start_epoch"):
             trials[col] = trials[col].fillna(0).astype("int64")  # rows of older files
-        write_parquet_atomic(trials, self.paths["trials"])
+        write_parquet_atomic(trials, self.layout.trials)

@@ -9,13 +9,21 @@ and returns an `Experiment`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from trainers.config import DATASETS, NORM_MODES, config_fields
-from trainers.decay import parse_fraction
+from norms.modes import ALL_KIND_OPTIONS, KIND_OPTIONS, NORM_MODES, options_of
+from orchestrator.plan.fields import (
+    as_int,
+    as_mapping,
+    check_keys,
+    parse_resources,
+    parse_seeds,
+    parse_settings,
+    where,
+)
+from trainers.config import DATASETS
 from trainers.errors import UserError
 
 # Keys every kind accepts; a kind lists the extra keys it understands.
@@ -30,12 +38,8 @@ COMMON_KEYS = {
     "max_concurrent": "at most this many trials at once (default: as resources allow)",
     "settings": "TrialConfig fields shared by every cell",
 }
-RESOURCE_KEYS = ("cpu", "gpu")
 SYNTHETIC_KEYS = ("n_train", "n_test")
-# Trial settings the experiment fixes itself (dataset, data_dir) or the cell list sets (norm, seed).
-RESERVED_SETTINGS = ("dataset", "data_dir", "norm", "seed")
 CELL_EXTRA_KEYS = ("seeds", "resources")
-FLOAT_FIELDS = ("lr", "lr_multiplier", "momentum", "weight_decay", "afwd", "abkw")
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ KindParser = Callable[[str, dict[str, Any], dict[str, Any]], Experiment]
 KINDS: dict[str, tuple[KindParser, dict[str, str]]] = {}
 # Modules that may register more kinds (e.g. `tune`) when imported; a missing one is skipped.
 # They must stay light to import (no torch/ray at module level): --dry-run imports them.
-KIND_MODULES = ("orchestrator.tune_experiment",)
+KIND_MODULES = ("orchestrator.plan.tune_kind",)
 
 
 def register_kind(name: str, parser: KindParser, keys: dict[str, str]) -> None:
@@ -90,113 +94,7 @@ def register_kind(name: str, parser: KindParser, keys: dict[str, str]) -> None:
     KINDS[name] = (parser, keys)
 
 
-# ---------------------------------------------------------------- scalar checks
-
-def where(exp: str, key: str) -> str:
-    return f"experiment {exp!r}, key {key!r}"
-
-
-def as_int(exp: str, key: str, value: Any, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UserError(f"{where(exp, key)}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def as_number(exp: str, key: str, value: Any) -> float:
-    """A number or an exact fraction string such as "1023/1024" (never evaluated as code)."""
-    if isinstance(value, bool):
-        raise UserError(f"{where(exp, key)}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        if not math.isfinite(value):   # YAML's .nan and .inf
-            raise UserError(f"{where(exp, key)}: expected a finite number, got {value!r}")
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return parse_fraction(value)
-        except ValueError:
-            pass
-    raise UserError(f"{where(exp, key)}: expected a number or a fraction like \"1023/1024\", "
-                    f"got {value!r}")
-
-
-def as_mapping(exp: str, key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise UserError(f"{where(exp, key)}: expected a mapping, got {type(value).__name__} "
-                        f"{value!r}")
-    return value
-
-
-def check_keys(exp: str, context: str, raw: dict[str, Any], allowed: list[str] | tuple[str, ...]
-               ) -> None:
-    unknown = [k for k in raw if k not in allowed]
-    if unknown:
-        raise UserError(f"experiment {exp!r}: unknown key {unknown[0]!r} in {context}; "
-                        f"allowed: {', '.join(sorted(allowed))}")
-
-
-def parse_resources(exp: str, key: str, raw: Any, base: dict[str, float] | None = None
-                    ) -> dict[str, float]:
-    raw = as_mapping(exp, key, raw)
-    check_keys(exp, key, raw, RESOURCE_KEYS)
-    out = dict(base or {"cpu": 1.0, "gpu": 0.0})
-    for name, value in raw.items():
-        number = as_number(exp, f"{key}.{name}", value)
-        if not math.isfinite(number) or number < 0:
-            raise UserError(f"{where(exp, key + '.' + name)}: must be >= 0, got {value!r}")
-        if number > 1 and number != int(number):
-            raise UserError(f"{where(exp, key + '.' + name)}: fractions are allowed only below 1 "
-                            f"(several trials sharing one device); got {value!r}")
-        out[name] = number
-    if out["cpu"] <= 0 and out["gpu"] <= 0:
-        raise UserError(f"{where(exp, key)}: a trial needs some cpu or gpu, got {raw!r}")
-    return out
-
-
-def parse_settings(exp: str, context: str, raw: dict[str, Any], extra_keys: tuple[str, ...] = ()
-                   ) -> dict[str, Any]:
-    """TrialConfig fields, type-checked here (TrialConfig checks their ranges)."""
-    known = config_fields()
-    allowed = [k for k in known if k not in RESERVED_SETTINGS] + list(extra_keys)
-    check_keys(exp, context, raw, allowed)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in extra_keys:
-            out[key] = value
-            continue
-        label = f"{context}.{key}" if context != "settings" else f"settings.{key}"
-        ftype = str(known[key].type)
-        if key in FLOAT_FIELDS:
-            out[key] = as_number(exp, label, value)
-        elif key == "lr_milestones":
-            if not isinstance(value, list):
-                raise UserError(f"{where(exp, label)}: expected a list of epochs, got {value!r}")
-            out[key] = [as_int(exp, label, v, 1) for v in value]
-        elif ftype.startswith("int"):
-            out[key] = as_int(exp, label, value)
-        elif ftype.startswith("bool"):
-            if not isinstance(value, bool):
-                raise UserError(f"{where(exp, label)}: expected true or false, got {value!r}")
-            out[key] = value
-        elif ftype.startswith("str"):
-            if not isinstance(value, str):
-                raise UserError(f"{where(exp, label)}: expected a string, got {value!r}")
-            out[key] = value
-        else:
-            out[key] = value
-    return out
-
-
 # ---------------------------------------------------------------- the grid kind
-
-def parse_seeds(exp: str, key: str, value: Any) -> tuple[int, ...]:
-    if isinstance(value, list):
-        seeds = tuple(as_int(exp, key, s) for s in value)
-        if not seeds or len(set(seeds)) != len(seeds):
-            raise UserError(f"{where(exp, key)}: expected distinct seeds, got {value!r}")
-        return seeds
-    count = as_int(exp, key, value, 1)
-    return tuple(range(count))
-
 
 def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experiment:
     cells_raw = raw.get("cells")
@@ -216,6 +114,7 @@ def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
                             f"choose one of {', '.join(NORM_MODES)}")
         options = parse_settings(name, label, {k: v for k, v in cell_raw.items() if k != "norm"},
                                  CELL_EXTRA_KEYS)
+        check_cell_options(name, label, norm, options)
         seeds = parse_seeds(name, f"{label}.seeds", options.pop("seeds", 1))
         resources = common["resources"]
         if "resources" in options:
@@ -223,6 +122,16 @@ def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
                                         resources)
         cells.append(Cell(options={"norm": norm, **options}, seeds=seeds, resources=resources))
     return Experiment(name=name, kind="grid", cells=tuple(cells), **common)
+
+
+def check_cell_options(exp: str, label: str, norm: str, options: dict[str, Any]) -> None:
+    """A cell's normalizer options must be its kind's: `{norm: batch, afwd: 2/3}` would give
+    a new trial id and retrain batch norm for nothing."""
+    for key in options:
+        if key in ALL_KIND_OPTIONS and key not in options_of(norm):
+            takers = " and ".join(k for k, opts in KIND_OPTIONS.items() if key in opts)
+            raise UserError(f"{where(exp, f'{label}.{key}')}: {key} applies only to norm "
+                            f"{takers}, not to {norm}: remove it from this cell")
 
 
 register_kind("grid", parse_grid, {"cells": "list of normalizer cells: {norm, seeds, options}"})
@@ -307,18 +216,23 @@ def parse_document(doc: Any, base_dir: Path) -> dict[str, Experiment]:
     return out
 
 
+# Shipped inside the package (a link to the checkout's experiments.yaml), so that an
+# installed onorm has the paper's experiments and the demo wherever it runs.
+PACKAGED_CONFIG = Path(__file__).resolve().parent.parent / "experiments.yaml"
+
+
 def default_config_path() -> Path:
-    """./experiments.yaml if present, else the one shipped beside this package."""
+    """./experiments.yaml if present, else the one shipped with the package."""
     local = Path("experiments.yaml")
-    if local.is_file():
-        return local.resolve()
-    return Path(__file__).resolve().parent.parent / "experiments.yaml"
+    return local.absolute() if local.is_file() else PACKAGED_CONFIG
 
 
 def load_experiments(path: str | Path | None = None) -> dict[str, Experiment]:
+    """Every experiment of the file; relative data_dirs resolve against the file's folder
+    (the packaged file's against the current folder, since its own is inside the install)."""
     import yaml  # local: keep `onorm --help` fast
 
-    path = Path(path) if path else default_config_path()
+    path = Path(path).absolute() if path else default_config_path()
     if not path.is_file():
         raise UserError(f"experiments file {str(path)!r} not found: pass --config FILE")
     try:
@@ -328,7 +242,8 @@ def load_experiments(path: str | Path | None = None) -> dict[str, Experiment]:
         at = f" at line {line + 1}" if line is not None else ""
         raise UserError(f"experiments file {str(path)!r} is not valid YAML{at}: "
                         f"{getattr(err, 'problem', err)}") from None
-    return parse_document(doc, path.resolve().parent)
+    base_dir = Path.cwd() if path == PACKAGED_CONFIG else path.parent
+    return parse_document(doc, base_dir)
 
 
 def get_experiment(experiments: dict[str, Experiment], name: str) -> Experiment:

@@ -1,6 +1,6 @@
 """The paper's statistic over Parquet results: settings, median curves, best epoch, spread.
 
-Definitions (shared/paper/README.md): for each setting, the *median curve* is, at every
+The paper's definitions (README, "The table"): for each setting, the *median curve* is, at every
 epoch, the median over runs of the metric; the *best epoch* is where that curve is best
 (highest val_acc1, lowest val_loss; ties go to the earliest epoch); at the best epoch we
 report median, min, max, mean and std over runs, and the number of runs.
@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from norms.modes import ALL_KIND_OPTIONS, options_of
+from orchestrator.layout import IN_PROGRESS_STATUSES, ExperimentLayout
+from orchestrator.plan.trial_id import setting_values
 from trainers.decay import fraction_text
-
 from trainers.errors import UserError
 
 if TYPE_CHECKING:
@@ -40,17 +42,11 @@ METRIC_COLUMN = {"accuracy": "val_acc1", "loss": "val_loss"}
 HIGHER_IS_BETTER = {"val_acc1": True, "val_acc5": True, "train_acc1": True, "train_acc5": True,
                     "val_loss": False, "train_loss": False}
 
-IN_PROGRESS_STATUSES = ("pending", "running", "failed")
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 DATASET_ORDER = ("cifar10", "cifar100", "imagenet")
 NORM_ORDER = ("online", "batch", "layer", "instance", "group", "none")
 
 IDENTITY = ("dataset", "arch", "depth", "norm")
-# Options that define a setting only for one norm kind (afwd means nothing to batch norm).
-NORM_OPTIONS = {"online": ("afwd", "abkw", "ecm"), "group": ("gn_num_groups",)}
-ALL_NORM_OPTIONS = {k for opts in NORM_OPTIONS.values() for k in opts}
-# Config fields that change how a run is launched, not what it computes.
-NOT_SETTING = {"seed", "data_dir", "workers", "device", "trial_id", "experiment"}
 LOSS_COLUMNS = ("train_loss", "val_loss")
 ACC_COLUMNS = ("train_acc1", "train_acc5", "val_acc1", "val_acc5")
 
@@ -121,15 +117,12 @@ def _fmt_option(key: str, value: Any) -> str:
     return str(value)
 
 
-def results_files(results_dir: Path) -> tuple[Path, Path]:
-    return results_dir / "metrics.parquet", results_dir / "trials.parquet"
-
-
-def load_runs(results_dir: Path, include_running: bool = False) -> Runs:
+def load_runs(exp_dir: Path, include_running: bool = False) -> Runs:
     """Read metrics.parquet (and trials.parquet if present) and group runs into settings."""
     import pandas as pd
 
-    metrics_path, trials_path = results_files(Path(results_dir))
+    layout = ExperimentLayout(Path(exp_dir))
+    metrics_path, trials_path = layout.metrics, layout.trials
     if not metrics_path.exists():
         raise UserError(f"{metrics_path} not found: run the experiment first "
                         "(onorm run NAME) or point at a folder holding metrics.parquet")
@@ -149,7 +142,7 @@ def load_runs(results_dir: Path, include_running: bool = False) -> Runs:
     notes: list[str] = []
     names = (metrics["experiment"].dropna().astype(str) if "experiment" in metrics.columns
              else [])
-    experiment = next((n for n in names if n), Path(results_dir).resolve().name)
+    experiment = next((n for n in names if n), layout.dir.resolve().name)
 
     trials = pd.read_parquet(trials_path) if trials_path.exists() else None
     status: dict[str, str] = {}
@@ -168,7 +161,7 @@ def load_runs(results_dir: Path, include_running: bool = False) -> Runs:
                     configs[tid] = json.loads(raw)
                 except json.JSONDecodeError:
                     pass
-        for tid, st in status.items():
+        for st in status.values():
             if st in IN_PROGRESS_STATUSES:
                 excluded[st] = excluded.get(st, 0) + 1
         unknown = sorted(set(metrics["trial_id"].astype(str)) - set(status))
@@ -238,9 +231,9 @@ def _group_settings(metrics: "pd.DataFrame", configs: dict[str, dict[str, Any]]
         norm = str(cfg.get("norm", "unknown"))
         arch = str(cfg.get("arch", "resnet"))
         depth = int(cfg.get("depth", 0) or 0) if arch == "resnet" else 0
-        options = {k: cfg[k] for k in NORM_OPTIONS.get(norm, ()) if k in cfg}
-        recipe = {k: v for k, v in cfg.items()
-                  if k not in NOT_SETTING and k not in IDENTITY and k not in ALL_NORM_OPTIONS}
+        options = {k: cfg[k] for k in options_of(norm) if k in cfg}
+        recipe = {k: v for k, v in setting_values(cfg).items()
+                  if k not in IDENTITY and k not in ALL_KIND_OPTIONS}
         ident = dict(dataset=str(cfg.get("dataset", "")), arch=arch, depth=depth, norm=norm)
         key = json.dumps([ident, options, recipe], sort_keys=True, default=str)
         if key not in settings:

@@ -4,27 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.tuning import load_ranking, plot_heatmap, yaml_snippet
+from orchestrator.layout import ExperimentLayout
+from orchestrator.report.heatmap import plot_heatmap
+from orchestrator.report.ranking import load_ranking, yaml_snippet
+from trainers.atomic import write_text_atomically
 from trainers.decay import fraction_text
 
 
-def write_tuning_report(experiment: str, exp_dir: Path, top: int = 10) -> dict[str, Path]:
-    """Write tables/ranking.{csv,md}, tables/best.yaml and plots/tuning_heatmap.png; print them."""
-    ranking = load_ranking(exp_dir)
+def write_tuning_report(experiment: str, exp_dir: Path, setting: str | None = None,
+                        top: int = 10) -> dict[str, Path]:
+    """Write tables/ranking.{csv,md}, tables/best.yaml and plots/tuning_heatmap.png; print them.
+
+    `setting` ranks only the runs of that recipe (the search's current settings)."""
+    layout = ExperimentLayout(Path(exp_dir))
+    ranking = load_ranking(layout.dir, setting)
     if ranking.empty:
-        print(f"{experiment}: no finished epochs yet in {exp_dir}")
+        print(f"{experiment}: no finished epochs yet in {layout.dir}")
         return {}
     shown = ranking.assign(afwd=ranking["afwd"].map(fraction_text),
                            abkw=ranking["abkw"].map(fraction_text))
-    tables, plots = exp_dir / "tables", exp_dir / "plots"
-    tables.mkdir(parents=True, exist_ok=True)
-    out = {"ranking_csv": tables / "ranking.csv", "ranking_md": tables / "ranking.md",
-           "best": tables / "best.yaml", "heatmap": plots / "tuning_heatmap.png"}
-    ranking.to_csv(out["ranking_csv"], index=False)
-    out["ranking_md"].write_text(markdown(shown) + "\n")
+    out = {"ranking_csv": layout.table("ranking", ".csv"),
+           "ranking_md": layout.table("ranking", ".md"),
+           "best": layout.table("best", ".yaml"), "heatmap": layout.plot("tuning_heatmap")}
+    write_text_atomically(out["ranking_csv"], ranking.to_csv(index=False))
+    write_text_atomically(out["ranking_md"], markdown(shown) + "\n")
     best = ranking.iloc[0]
     snippet = yaml_snippet({"afwd": float(best["afwd"]), "abkw": float(best["abkw"])})
-    out["best"].write_text(snippet)
+    write_text_atomically(out["best"], snippet)
     plot_heatmap(ranking, out["heatmap"], f"{experiment}: median best val top-1 over seeds")
 
     print(f"\n{experiment}: {len(ranking)} configurations ranked by the median over seeds of "

@@ -11,6 +11,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from orchestrator.cli.launch import (
+    add_launch_arguments,
+    check_data,
+    failed_hint,
+    load_launch,
+    prepare_data,
+    write_resolved,
+)
+from orchestrator.layout import SEARCH_DONE_STATUSES, ExperimentLayout
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,63 +28,59 @@ def add_parser(subparsers) -> None:
         description="Run the tuning experiment EXPERIMENT (kind: tune in experiments.yaml): "
                     "every configuration of its search space, with early stopping, then rank "
                     "them and print the best pair as YAML to paste into an experiment.")
-    from orchestrator.cli_run import add_launch_arguments
-
     add_launch_arguments(p, what="configurations")
     p.set_defaults(func=tune_command)
 
 
 def tune_command(args: argparse.Namespace) -> int:
-    from orchestrator.cli_run import check_data, load_launch, prepare_data, write_resolved
-    from orchestrator.tune_experiment import planned_points, point_trials
+    from orchestrator.plan.tune_kind import planned_points, point_trials
 
-    experiment, data_dir, results_dir = load_launch(args, "tune")
+    experiment, data_dir, results_root = load_launch(args, "tune")
     points = planned_points(experiment)
     known = points if points is not None else [{"afwd": 0.5, "abkw": 0.5}]  # Optuna: data check
     trials = point_trials(experiment, known, data_dir=data_dir, cpu_only=args.cpu_only)
     problem = check_data(experiment, trials)
     if args.dry_run:
-        print_plan(experiment, trials if points is not None else [], results_dir)
+        print_plan(experiment, trials if points is not None else [], results_root)
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
     if points is None:
-        from orchestrator.tune_search import import_optuna
+        from orchestrator.execute.search import import_optuna
 
         import_optuna()   # a missing optional package is reported before anything starts
     prepare_data(experiment, trials, problem)
     options = dict(address=args.address, data_dir=data_dir, cpu_only=args.cpu_only,
                    max_concurrent=args.max_concurrent or experiment.max_concurrent)
-    from orchestrator.runner import connect
-    from orchestrator.tune_search import run_optuna, run_points
+    from orchestrator.execute.search import run_optuna, run_points, search_setting
 
     if points is not None:
-        write_resolved(experiment, trials, results_dir)
-        summaries = [run_points(experiment, points, results_dir, options)]
+        write_resolved(experiment, trials, results_root)
+        summaries = [run_points(experiment, points, results_root, options)]
     else:
         import ray
 
-        write_resolved(experiment, [], results_dir)
+        from orchestrator.execute.runner import connect
+
+        write_resolved(experiment, [], results_root)
         started = connect(args.address)   # one Ray for every Optuna batch
         try:
-            summaries = run_optuna(experiment, results_dir, options)
+            summaries = run_optuna(experiment, results_root, options)
         finally:
             if started:
                 ray.shutdown()
-    from orchestrator.tune_report import write_tuning_report
+    from orchestrator.report.tuning_report import write_tuning_report
 
-    write_tuning_report(experiment.name, results_dir / experiment.name)
+    layout = ExperimentLayout.of(results_root, experiment.name)
+    write_tuning_report(experiment.name, layout.dir, search_setting(experiment))
     failed = any(s.exit_code for s in summaries)
     if failed:
-        print("some trials failed: see the error column of "
-              f"{results_dir / experiment.name / 'trials.parquet'}; re-run the same command "
-              "to retry them", file=sys.stderr)
+        print(failed_hint(layout), file=sys.stderr)
     return 1 if failed else 0
 
 
-def print_plan(experiment, trials, results_dir: Path) -> None:
-    from orchestrator.dry_run import print_plan as print_trials
-    from orchestrator.recorder import SEARCH_DONE_STATUSES
+def print_plan(experiment, trials, results_root: Path) -> None:
+    from orchestrator.cli.dry_run import print_plan as print_trials
 
     extra = experiment.extra
     space = ", ".join(f"{k} {v['kind']} [{v['low']:g}, {v['high']:g}]"
@@ -86,7 +92,7 @@ def print_plan(experiment, trials, results_dir: Path) -> None:
     print(f"{experiment.name}: searcher {extra['searcher']}, space {space}; {stop}; "
           f"{len(extra['seeds'])} seed(s) per configuration")
     if trials:
-        print_trials(experiment, trials, results_dir, SEARCH_DONE_STATUSES)
+        print_trials(experiment, trials, results_root, SEARCH_DONE_STATUSES)
     else:
         print(f"optuna proposes {extra['num_samples']} configurations as results arrive; "
               "nothing to list before it runs")

@@ -1,7 +1,7 @@
 """Each trial's latest checkpoint and progress, kept on the driver's machine.
 
 Trials may run on nodes without a shared filesystem, so their checkpoints travel as bytes to
-one store that lives beside the results: `results/<exp>/checkpoints/<trial_id>/` holds
+one store that lives beside the results: the experiment folder's `checkpoints/<trial_id>/` holds
 `checkpoint.pth.tar` (the trainer's latest) and `state.json` (epoch of that checkpoint,
 attempts, the trial's outcome once it returned, and every epoch's metrics). Both are
 replaced atomically, the checkpoint before the state, so the state never points at an epoch

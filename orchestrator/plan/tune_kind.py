@@ -4,17 +4,24 @@ A tuning experiment is a base trial (shared settings, online norm) plus a search
 (afwd, abkw), a searcher, an early-stopping scheduler, seeds per configuration and a budget.
 Grid and random searchers expand to a fixed, seeded list of configurations, so each has a
 stable trial_id and `onorm tune` resumes exactly like `onorm run`; Optuna proposes points as
-results arrive (orchestrator/tune_search.py).
+results arrive (orchestrator/execute/search.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.experiments import (Experiment, as_int, as_mapping, check_keys, parse_seeds,
-                                      register_kind, where)
-from orchestrator.grid import TrialSpec, data_folder, make_trial
-from orchestrator.tuning import DECAY_KEYS, SEARCHERS, grid_points, parse_space, random_points
+from orchestrator.plan.experiments import Experiment, register_kind
+from orchestrator.plan.fields import as_int, as_mapping, check_keys, parse_seeds, where
+from orchestrator.plan.search_space import (
+    DECAY_KEYS,
+    SEARCHERS,
+    DecayAxis,
+    grid_points,
+    parse_space,
+    random_points,
+)
+from orchestrator.plan.trials import TrialSpec, data_folder, make_trial
 from trainers.config import make_config
 from trainers.errors import UserError
 
@@ -23,7 +30,7 @@ TUNE_KEYS = {
     "searcher": f"one of {', '.join(SEARCHERS)} (default grid)",
     "num_samples": "configurations to try (random, optuna; for grid an upper bound)",
     "search_seed": "seed of the random/optuna searcher (default 0)",
-    "scheduler": "{type: asha|none, grace_period, reduction_factor}",
+    "scheduler": "{type: asha|none, grace_period, reduction_factor} (default: none)",
     "seeds": "training seeds per configuration (count or list, default 1)",
 }
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
@@ -31,9 +38,16 @@ SCHEDULER_TYPES = ("asha", "none")
 
 
 def parse_scheduler(name: str, raw: Any, epochs: int) -> dict[str, Any]:
-    raw = as_mapping(name, "scheduler", raw if raw is not None else {"type": "none"})
+    """Early stopping: none unless the experiment asks for it with `type: asha`."""
+    if raw is None:
+        return {"type": "none", "grace_period": 1, "reduction_factor": 3}
+    raw = as_mapping(name, "scheduler", raw)
     check_keys(name, "scheduler", raw, SCHEDULER_KEYS)
-    kind = raw.get("type", "asha")
+    if "type" not in raw:
+        raise UserError(f"{where(name, 'scheduler.type')}: missing: set `type: asha` to stop "
+                        "poor configurations early, or `type: none` (the default without a "
+                        "scheduler block) to train every one to the end")
+    kind = raw["type"]
     if kind not in SCHEDULER_TYPES:
         raise UserError(f"{where(name, 'scheduler.type')}: unknown scheduler {kind!r}; "
                         f"choose one of {', '.join(SCHEDULER_TYPES)}")
@@ -87,9 +101,7 @@ def parse_tune(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
 register_kind("tune", parse_tune, TUNE_KEYS)
 
 
-def space_of(experiment: Experiment):
-    from orchestrator.tuning import DecayAxis
-
+def space_of(experiment: Experiment) -> dict[str, DecayAxis]:
     return {k: DecayAxis(**v) for k, v in experiment.extra["space"].items()}
 
 
@@ -116,15 +128,3 @@ def point_trials(experiment: Experiment, points: list[dict[str, float]], *,
             trials.append(make_trial(config, experiment.resources, experiment.synthetic,
                                      cpu_only=cpu_only))
     return trials
-
-
-def make_scheduler(experiment: Experiment):
-    """ASHA on validation top-1, by epoch (a resumed trial's training_iteration restarts)."""
-    spec = experiment.extra["scheduler"]
-    if spec["type"] == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    epochs = make_config(experiment.dataset, ".", **experiment.settings).epochs
-    return ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=spec["grace_period"],
-                         reduction_factor=spec["reduction_factor"])

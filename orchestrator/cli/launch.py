@@ -1,33 +1,24 @@
-"""`onorm run EXPERIMENT`: submit an experiments.yaml grid to Ray Tune, or list it (--dry-run).
+"""What `onorm run` and `onorm tune` share before and after Ray: their arguments, the
+experiment they name, the dataset check, and the resolved experiment.yaml.
 
-No torch or ray at import time, and none at all for --dry-run: listing a grid is instant.
+No torch or ray at import time: the dry runs stay instant.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from orchestrator.layout import ExperimentLayout
 from trainers.cli_data import positive_int
 from trainers.errors import UserError
 
 
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "run", help="run an experiment grid from experiments.yaml on Ray Tune",
-        description="Run every trial of EXPERIMENT that is not done yet (completed trials are "
-                    "skipped, interrupted ones resume from their last checkpoint) and stream "
-                    "each epoch into RESULTS/EXPERIMENT/metrics.parquet.")
-    add_launch_arguments(p, what="trials")
-    p.set_defaults(func=run_command)
-
-
-def add_launch_arguments(p, what: str) -> None:
+def add_launch_arguments(p: argparse.ArgumentParser, what: str) -> None:
     """The arguments `onorm run` and `onorm tune` share: which experiment, where, how wide."""
     p.add_argument("experiment", metavar="EXPERIMENT", help="an experiment name in the config")
-    p.add_argument("--config", metavar="FILE", help="experiments file (default: ./experiments.yaml,"
-                   " else the project's)")
+    p.add_argument("--config", metavar="FILE", help="experiments file (default: "
+                   "./experiments.yaml, else the one installed with onorm)")
     p.add_argument("--dry-run", action="store_true",
                    help=f"list the {what} and what has run so far; start nothing")
     p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (default: "
@@ -45,7 +36,7 @@ def add_launch_arguments(p, what: str) -> None:
 def load_launch(args: argparse.Namespace, kind: str):
     """(experiment, data_dir override or None, results root) for `onorm run` / `onorm tune`;
     a UserError naming the right command when the experiment is of another kind."""
-    from orchestrator.experiments import get_experiment, load_experiments
+    from orchestrator.plan.experiments import get_experiment, load_experiments
 
     experiment = get_experiment(load_experiments(args.config), args.experiment)
     if experiment.kind != kind:
@@ -86,73 +77,30 @@ def fetch_cifar_once(experiment, trials) -> None:
     load_cifar(data_dir, experiment.dataset)   # UserError when offline: names the fix
 
 
-def run_command(args: argparse.Namespace) -> int:
-    from orchestrator.grid import expand
-
-    experiment, data_dir, results_dir = load_launch(args, "grid")
-    trials = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
-    problem = check_data(experiment, trials)
-    if args.dry_run:
-        from orchestrator.dry_run import print_plan
-
-        print_plan(experiment, trials, results_dir)
-        if problem:
-            print(f"warning: {problem}", file=sys.stderr)
-        return 0
-    prepare_data(experiment, trials, problem)
-    write_resolved(experiment, trials, results_dir)
-    from orchestrator.runner import run_trials
-
-    summary = run_trials(
-        experiment.name, trials, results_dir, address=args.address,
-        max_concurrent=args.max_concurrent or experiment.max_concurrent,
-        max_failures=experiment.max_failures)
-    write_report(results_dir / experiment.name)
-    return print_summary(experiment, trials, summary)
-
-
 def prepare_data(experiment, trials, problem: str | None) -> None:
     """Refuse a missing dataset; fetch CIFAR or write the synthetic one, once, here."""
     if problem:
         raise UserError(problem)
     fetch_cifar_once(experiment, trials)
     if experiment.synthetic:
-        from orchestrator.demo_data import ensure_synthetic_cifar
+        from trainers.data.synthetic import ensure_synthetic_cifar
 
         ensure_synthetic_cifar(trials[0].config.data_dir, experiment.dataset, experiment.synthetic)
 
 
-def write_resolved(experiment, trials, results_dir: Path) -> None:
-    """results/<exp>/experiment.yaml: the experiment as resolved, with every trial's config."""
+def write_resolved(experiment, trials, results_root: Path) -> None:
+    """experiment.yaml in the experiment folder: the experiment as resolved, every trial's
+    config."""
     import yaml
 
-    from orchestrator.recorder import paths
+    from trainers.atomic import write_text_atomically
 
-    p = paths(results_dir, experiment.name)
-    p["dir"].mkdir(parents=True, exist_ok=True)
     resolved = experiment.to_dict()
     resolved["trials"] = [t.to_payload() for t in trials]
-    p["experiment"].write_text(yaml.safe_dump(resolved, sort_keys=False))
+    write_text_atomically(ExperimentLayout.of(results_root, experiment.name).resolved,
+                          yaml.safe_dump(resolved, sort_keys=False))
 
 
-def print_summary(experiment, trials, summary) -> int:
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
-    print(f"{experiment.name}: {len(trials)} trials: {counts}")
-    print(f"metrics: {summary.paths['metrics']}")
-    print(f"trials:  {summary.paths['trials']}")
-    if summary.exit_code:
-        print(f"some trials failed: see the error column of {summary.paths['trials']}; "
-              "re-run the same command to retry them", file=sys.stderr)
-    return summary.exit_code
-
-
-def write_report(exp_dir: Path) -> None:
-    """Tables and plots from the Parquet files; the accuracy table is printed too."""
-    from orchestrator import table
-
-    written = table.write_report(exp_dir)
-    accuracy = exp_dir / "tables" / "accuracy.md"
-    if accuracy in written:
-        print(accuracy.read_text())
-    print(f"tables:  {exp_dir / 'tables'}")
-    print(f"plots:   {exp_dir / 'plots'}")
+def failed_hint(layout: ExperimentLayout) -> str:
+    return (f"some trials failed: see the error column of {layout.trials}; re-run the same "
+            "command to retry them")

@@ -3,7 +3,8 @@
 `run_trials` starts or joins Ray, pins a checkpoint-store actor to the driver's node, runs
 every trial that is not already done as a function trainable, and streams their records into
 Parquet through a Tune callback in the driver. Each call builds a fresh Tuner under a new
-storage folder (results/<exp>/ray/<timestamp>): progress lives in the project's own store and
+storage folder (the experiment folder's ray/<timestamp>): progress lives in the project's own
+store and
 Parquet files, never in Tune's experiment state, so a SIGKILLed driver loses nothing.
 """
 
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.grid import TrialSpec
-from orchestrator.live import LiveView
-from orchestrator.lock import experiment_lock
-from orchestrator.provenance import provenance
-from orchestrator.recorder import DONE_STATUSES, Recorder
-from orchestrator.trainable import STORE_NAMESPACE
+from orchestrator.execute.live import LiveView
+from orchestrator.execute.lock import experiment_lock
+from orchestrator.execute.provenance import provenance
+from orchestrator.execute.recorder import Recorder
+from orchestrator.execute.trainable import STORE_NAMESPACE
+from orchestrator.layout import DONE_STATUSES, ExperimentLayout
+from orchestrator.plan.trials import TrialSpec
 from trainers.errors import UserError
 
 
@@ -30,7 +32,7 @@ from trainers.errors import UserError
 class RunSummary:
     experiment: str
     counts: dict[str, int]
-    paths: dict[str, Path]
+    layout: ExperimentLayout
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -84,7 +86,7 @@ def start_store(checkpoint_dir: Path, name: str):
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from orchestrator.checkpoints import store_actor_class
+    from orchestrator.execute.store import store_actor_class
 
     node = ray.get_runtime_context().get_node_id()
     actor = store_actor_class().options(
@@ -137,7 +139,7 @@ def error_text(trial) -> str:
     return f"{message} (traceback: {path})"
 
 
-def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path, *,
+def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Path, *,
                address: str | None = None, max_concurrent: int | None = None,
                scheduler: Any = None, search_alg: Any = None, metric: str = "val_acc1",
                mode: str = "max", max_failures: int = 2,
@@ -153,12 +155,12 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
     ConcurrencyLimiter). A trial a scheduler ends early is recorded as 'stopped'. `hooks` are
     test-only (e.g. {"exit_after_epoch": 2} kills the worker once on the first attempt).
     """
-    results_dir = Path(results_dir).resolve()
-    with experiment_lock(results_dir / experiment):   # one writer per folder
+    layout = ExperimentLayout.of(Path(results_root).resolve(), experiment)
+    with experiment_lock(layout.dir):   # one writer per folder
         live = live or LiveView(experiment)
-        recorder = Recorder(experiment, results_dir, trials, provenance(),
-                            skip_statuses=skip_statuses, on_change=live)
-        summary = RunSummary(experiment, {}, recorder.paths,
+        recorder = Recorder(layout, trials, provenance(), skip_statuses=skip_statuses,
+                            on_change=live)
+        summary = RunSummary(experiment, {}, layout,
                              skipped=[t.trial_id for t in recorder.skipped()])
         for spec in recorder.skipped():
             print(f"[{experiment}] skip {spec.trial_id} ({recorder.rows[spec.trial_id]['status']})",
@@ -175,13 +177,13 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
         try:
             check_resources(pending)
             store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
-            store = start_store(recorder.paths["checkpoints"], store_name)
+            store = start_store(layout.store, store_name)
 
             def resources(params: dict[str, Any]):
                 r = params["trial"]["resources"]
                 return tune.PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
 
-            from orchestrator.trainable import run_trial
+            from orchestrator.execute.trainable import run_trial
 
             tune_config = dict(max_concurrent_trials=max_concurrent, scheduler=scheduler,
                                search_alg=search_alg)
@@ -193,7 +195,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_dir: str | Path
                              "store": store_name, "experiment": experiment, "hooks": hooks or {}},
                 tune_config=tune.TuneConfig(**tune_config),
                 run_config=tune.RunConfig(
-                    name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(recorder.paths["ray"]),
+                    name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(layout.ray),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     callbacks=[make_callback(recorder)], verbose=0),
             )

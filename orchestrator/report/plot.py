@@ -1,6 +1,6 @@
 """Training-curve plots: per setting, the median over runs with a min-max band, as PNGs.
 
-Files written under <results>/<experiment>/plots/: val_acc1.png, val_loss.png and
+Files written under the experiment folder's plots/: val_acc1.png, val_loss.png and
 train_loss.png, one panel per dataset in the experiment, one line per setting (legend:
 setting and run count), dotted vertical lines where the learning rate steps down.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.paper import DATASET_NAMES, network_name
-from orchestrator.stats import Runs, Setting, curve, load_runs
+from orchestrator.layout import ExperimentLayout
+from orchestrator.report.paper import DATASET_NAMES, network_name
+from orchestrator.report.stats import Runs, Setting, curve, load_runs
 from trainers.atomic import replace_atomically
 
 if TYPE_CHECKING:
@@ -77,9 +78,10 @@ def metric_figure(runs: Runs, column: str) -> "Figure | None":
             last = max(last, int(epochs.max()))
             name = s.label if len(networks) == 1 else f"{network_name(s.arch, s.depth)} {s.label}"
             n = len(s.trial_ids)
+            diverged = f", {len(s.diverged)} diverged" if s.diverged else ""
             (line,) = ax.plot(epochs, c["median"].to_numpy(), lw=1.6,
                               marker="o" if len(epochs) <= 20 else None, ms=3,
-                              label=f"{name} (n={n}{', ' + str(len(s.diverged)) + ' diverged' if s.diverged else ''})")
+                              label=f"{name} (n={n}{diverged})")
             if n > 1:
                 ax.fill_between(epochs, c["min"].to_numpy(), c["max"].to_numpy(),
                                 color=line.get_color(), alpha=0.18, lw=0)
@@ -99,19 +101,17 @@ def metric_figure(runs: Runs, column: str) -> "Figure | None":
     return fig
 
 
-def write_plots(results_dir: Path, include_running: bool = False,
+def write_plots(exp_dir: Path, include_running: bool = False,
                 runs: Runs | None = None) -> list[Path]:
     """Write the PNGs that have data; returns their paths (none when nothing has run)."""
-    results_dir = Path(results_dir)
-    runs = runs if runs is not None else load_runs(results_dir, include_running)
+    layout = ExperimentLayout(Path(exp_dir))
+    runs = runs if runs is not None else load_runs(layout.dir, include_running)
     written = []
     for column in PLOTS:
         fig = metric_figure(runs, column)
         if fig is None:
             continue
-        out_dir = results_dir / "plots"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{column}.png"
-        replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        path = layout.plot(column)
+        replace_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format="png"))
         written.append(path)
     return written

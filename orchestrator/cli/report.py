@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from orchestrator.layout import ExperimentLayout
 from trainers.errors import UserError
 
 
-def resolve_results_dir(target: str, results: str) -> Path:
-    """A folder holding metrics.parquet, or an experiment name under `results`."""
-    direct = Path(target)
-    if (direct / "metrics.parquet").exists():
-        return direct
-    named = Path(results) / target
-    if (named / "metrics.parquet").exists():
-        return named
-    if named == direct or len(direct.parts) > 1:  # a path, not an experiment name
-        raise UserError(f"no results in {target!r}: {direct}/metrics.parquet does not "
+def resolve_experiment_dir(target: str, results_root: str) -> Path:
+    """An experiment folder: `target` itself when it holds metrics.parquet, else the
+    experiment named `target` under the results root."""
+    direct = ExperimentLayout(Path(target))
+    if direct.metrics.exists():
+        return direct.dir
+    named = ExperimentLayout.of(results_root, target)
+    if named.metrics.exists():
+        return named.dir
+    if named.dir == direct.dir or len(direct.dir.parts) > 1:  # a path, not an experiment name
+        raise UserError(f"no results in {target!r}: {direct.metrics} does not "
                         "exist; pass a folder written by `onorm run` or an experiment name")
-    raise UserError(f"no results for {target!r}: neither {direct}/metrics.parquet nor "
-                    f"{named}/metrics.parquet exists; run `onorm run {target}` first or "
+    raise UserError(f"no results for {target!r}: neither {direct.metrics} nor "
+                    f"{named.metrics} exists; run `onorm run {target}` first or "
                     "pass --results DIR")
 
 
@@ -56,12 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_table(args: argparse.Namespace) -> int:
-    from orchestrator.stats import load_runs
-    from orchestrator.table import render, write_tables
+    from orchestrator.report.stats import load_runs
+    from orchestrator.report.table import render, write_tables
 
-    results_dir = resolve_results_dir(args.experiment, args.results)
-    runs = load_runs(results_dir, args.include_running)
-    written = write_tables(results_dir, args.include_running, runs=runs)
+    exp_dir = resolve_experiment_dir(args.experiment, args.results)
+    runs = load_runs(exp_dir, args.include_running)
+    written = write_tables(exp_dir, args.include_running, runs=runs)
     metrics = ("accuracy", "loss") if args.metric == "both" else (args.metric,)
     for metric in metrics:
         print(render(runs, metric, args.format))
@@ -70,12 +72,12 @@ def run_table(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from orchestrator.plot import write_plots
+    from orchestrator.report.plot import write_plots
 
-    results_dir = resolve_results_dir(args.experiment, args.results)
-    paths = write_plots(results_dir, args.include_running)
+    exp_dir = resolve_experiment_dir(args.experiment, args.results)
+    paths = write_plots(exp_dir, args.include_running)
     if not paths:
-        print(f"no finished epochs in {results_dir}: nothing to plot "
+        print(f"no finished epochs in {exp_dir}: nothing to plot "
               "(--include-running uses runs still in progress)")
     for path in paths:
         print(path)

@@ -1,0 +1,86 @@
+"""Where everything of an experiment lives under the results root, and the trial statuses.
+
+The one definition of the results layout: every layer (planning, running, reporting, the
+command line) asks an `ExperimentLayout` for its paths instead of spelling them out.
+Vocabulary: the *results root* (`--results`, default `results/`) holds one *experiment
+folder* per experiment, `<root>/<experiment>/`. Plain Python, no torch or ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# The status of a trial in trials.parquet.
+STATUSES = ("pending", "running", "completed", "stopped", "diverged", "failed")
+# Statuses a rerun of `onorm run` skips: the trial has its answer.
+DONE_STATUSES = ("completed", "diverged")
+# A search also skips what its scheduler stopped early: that is its answer for the point.
+SEARCH_DONE_STATUSES = DONE_STATUSES + ("stopped",)
+# Runs left out of tables and plots unless --include-running.
+IN_PROGRESS_STATUSES = ("pending", "running", "failed")
+
+METRICS_FILE = "metrics.parquet"
+TRIALS_FILE = "trials.parquet"
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """The paths of one experiment folder (nothing is created by asking)."""
+
+    dir: Path
+
+    @classmethod
+    def of(cls, results_root: str | Path, experiment: str) -> "ExperimentLayout":
+        return cls(Path(results_root) / experiment)
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def metrics(self) -> Path:
+        """One row per (trial_id, epoch)."""
+        return self.dir / METRICS_FILE
+
+    @property
+    def trials(self) -> Path:
+        """One row per trial: status, best epoch, config, provenance."""
+        return self.dir / TRIALS_FILE
+
+    @property
+    def resolved(self) -> Path:
+        """The experiment as resolved, with every trial's config."""
+        return self.dir / "experiment.yaml"
+
+    @property
+    def store(self) -> Path:
+        """The trial store: each trial's checkpoint and per-epoch history."""
+        return self.dir / "checkpoints"
+
+    def trial_store(self, trial_id: str) -> Path:
+        return self.store / trial_id
+
+    @property
+    def tables(self) -> Path:
+        return self.dir / "tables"
+
+    @property
+    def plots(self) -> Path:
+        return self.dir / "plots"
+
+    @property
+    def ray(self) -> Path:
+        """Ray Tune's own logs, one folder per `onorm run`."""
+        return self.dir / "ray"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the one process writing this folder."""
+        return self.dir / ".lock"
+
+    def table(self, metric: str, suffix: str) -> Path:
+        return self.tables / f"{metric}{suffix}"
+
+    def plot(self, column: str, suffix: str = ".png") -> Path:
+        return self.plots / f"{column}{suffix}"

@@ -1,0 +1,108 @@
+"""Checks of single values in experiments.yaml; every error names the experiment and key path.
+
+Trial settings are checked against `TrialConfig`'s own field specs (trainers.config), so the
+file, the trainer and `onorm train` accept exactly the same values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from trainers.config import SettingError, config_specs, parse_setting
+from trainers.decay import parse_fraction
+from trainers.errors import UserError
+
+RESOURCE_KEYS = ("cpu", "gpu")
+# Trial settings the experiment fixes itself (dataset, data_dir) or the cell list sets (norm, seed).
+RESERVED_SETTINGS = ("dataset", "data_dir", "norm", "seed")
+
+
+def where(exp: str, key: str) -> str:
+    return f"experiment {exp!r}, key {key!r}"
+
+
+def as_int(exp: str, key: str, value: Any, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise UserError(f"{where(exp, key)}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def as_number(exp: str, key: str, value: Any) -> float:
+    """A number or an exact fraction string such as "1023/1024" (never evaluated as code)."""
+    if isinstance(value, bool):
+        raise UserError(f"{where(exp, key)}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):   # YAML's .nan and .inf
+            raise UserError(f"{where(exp, key)}: expected a finite number, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_fraction(value)
+        except ValueError:
+            pass
+    raise UserError(f"{where(exp, key)}: expected a number or a fraction like \"1023/1024\", "
+                    f"got {value!r}")
+
+
+def as_mapping(exp: str, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where(exp, key)}: expected a mapping, got {type(value).__name__} "
+                        f"{value!r}")
+    return value
+
+
+def check_keys(exp: str, context: str, raw: dict[str, Any], allowed: list[str] | tuple[str, ...]
+               ) -> None:
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        raise UserError(f"experiment {exp!r}: unknown key {unknown[0]!r} in {context}; "
+                        f"allowed: {', '.join(sorted(allowed))}")
+
+
+def parse_resources(exp: str, key: str, raw: Any, base: dict[str, float] | None = None
+                    ) -> dict[str, float]:
+    raw = as_mapping(exp, key, raw)
+    check_keys(exp, key, raw, RESOURCE_KEYS)
+    out = dict(base or {"cpu": 1.0, "gpu": 0.0})
+    for name, value in raw.items():
+        number = as_number(exp, f"{key}.{name}", value)
+        if number < 0:
+            raise UserError(f"{where(exp, key + '.' + name)}: must be >= 0, got {value!r}")
+        if number > 1 and number != int(number):
+            raise UserError(f"{where(exp, key + '.' + name)}: fractions are allowed only below 1 "
+                            f"(several trials sharing one device); got {value!r}")
+        out[name] = number
+    if out["cpu"] <= 0 and out["gpu"] <= 0:
+        raise UserError(f"{where(exp, key)}: a trial needs some cpu or gpu, got {raw!r}")
+    return out
+
+
+def parse_settings(exp: str, context: str, raw: dict[str, Any], extra_keys: tuple[str, ...] = ()
+                   ) -> dict[str, Any]:
+    """Trial settings checked against their TrialConfig fields; `extra_keys` pass through
+    (a cell's seeds and resources)."""
+    allowed = [k for k in config_specs() if k not in RESERVED_SETTINGS] + list(extra_keys)
+    check_keys(exp, context, raw, allowed)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in extra_keys:
+            out[key] = value
+            continue
+        try:
+            out[key] = parse_setting(key, value)
+        except SettingError as err:
+            raise UserError(f"{where(exp, f'{context}.{key}')}: expected {err}, "
+                            f"got {value!r}") from None
+    return out
+
+
+def parse_seeds(exp: str, key: str, value: Any) -> tuple[int, ...]:
+    """A count (seeds 0..n-1) or a list of distinct seeds."""
+    if isinstance(value, list):
+        seeds = tuple(as_int(exp, key, s) for s in value)
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise UserError(f"{where(exp, key)}: expected distinct seeds, got {value!r}")
+        return seeds
+    count = as_int(exp, key, value, 1)
+    return tuple(range(count))
