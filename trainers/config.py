@@ -73,6 +73,7 @@ class TrialConfig:
     """
 
     dataset: Dataset = setting(help="which dataset")
+    # Where the data lives says nothing about the run: moving it keeps the trial id.
     data_dir: str = setting(help="dataset folder", launch_only=True)
     # The paper's CIFAR network is the 6n+2 ResNet; ImageNet takes a torchvision name.
     arch: str = setting("resnet", "network: 'resnet' (CIFAR, 6n+2) or an ImageNet "
@@ -88,8 +89,10 @@ class TrialConfig:
     # CIFAR: x0.1 after epochs 100, 150 and 200, as in the paper.
     lr_milestones: tuple[int, ...] = setting(
         (100, 150, 200), "epochs after which the lr is multiplied by lr_multiplier", low=1)
+    # A tenfold drop at each milestone, the seed scripts' step schedule.
     lr_multiplier: float = setting(0.1, "factor applied at each milestone", low=0,
                                    open_low=True)
+    # Rescaled with lr for other batch sizes (trainers/optim.py), 0.9 at the base batch.
     momentum: float = setting(0.9, "SGD momentum", low=0, high=1, open_high=True)
     # The paper's CIFAR weight decay (ImageNet: 1e-4).
     weight_decay: float = setting(2e-4, "weight decay", low=0)
@@ -98,6 +101,7 @@ class TrialConfig:
     # The paper's CIFAR-10 decay factors, 1 - 2^-10 and 1 - 2^-7.
     afwd: float = setting(1023 / 1024, "Online Norm forward decay factor", low=0, high=1,
                           open_low=True, open_high=True, hint=", e.g. 1023/1024")
+    # (ImageNet: 0.999 and 0.99, the layers' own defaults.)
     abkw: float = setting(127 / 128, "Online Norm backward decay factor", low=0, high=1,
                           open_low=True, open_high=True, hint=", e.g. 127/128")
     # Layer scaling is the error compensation the paper used for its ResNets.
@@ -114,6 +118,7 @@ class TrialConfig:
     # The seed scripts' loader workers; CIFAR augments on the device and ignores it.
     workers: int = setting(4, "data loading workers", low=0,
                            hint="(0 loads data in the main process)", launch_only=True)
+    # The paper trains from scratch.
     pretrained: bool = setting(False, "start from torchvision's ImageNet weights (batch "
                                       "norm only; the file must be in the torch hub cache)")
     # 0 means the real 224-pixel ImageNet crops; small sizes serve generated test data.

@@ -117,6 +117,13 @@ tiny:
     ("  synthetic: {n_train: 128, n_test: 64}\n", "  resources: {cpu: 1, tpu: 1}\n",
      "unknown key 'tpu' in resources"),
     ("dataset: cifar10", "dataset: mnist", "key 'dataset': expected one of cifar10"),
+    # options of another normalizer kind would change the trial id and retrain for nothing
+    ("{norm: batch, seeds: 2}", "{norm: batch, seeds: 2, afwd: 2/3}",
+     "key 'cells[0].afwd': afwd applies only to norm online, not to batch"),
+    ("{norm: batch, seeds: 2}", "{norm: online, gn_num_groups: 4}",
+     "key 'cells[0].gn_num_groups': gn_num_groups applies only to norm group, not to online"),
+    ("epochs: 3", "epochs: 3, lr: -1", "key 'settings.lr': expected a number > 0, got -1"),
+    ("epochs: 3", "epochs: 3, ecm: lsx", "key 'settings.ecm': expected one of ls, ac, none"),
 ])
 def test_bad_experiments_file_gives_one_line_and_nonzero_exit(capsys, tmp_path, old, new,
                                                                expected):
@@ -171,3 +178,17 @@ def test_a_second_run_of_a_running_experiment_is_refused(capsys, tmp_path):
     assert not (results / "tiny" / "trials.parquet").exists()   # it wrote nothing
     with experiment_lock(results / "tiny"):   # released with its holder
         pass
+
+
+def test_outside_a_checkout_the_installed_experiments_file_is_used(tmp_path, monkeypatch,
+                                                                   capsys):
+    from orchestrator.plan.experiments import PACKAGED_CONFIG, default_config_path
+
+    monkeypatch.chdir(tmp_path)   # no ./experiments.yaml here
+    assert default_config_path() == PACKAGED_CONFIG and PACKAGED_CONFIG.is_file()
+    # its relative data folders are the current folder's, not the install's
+    assert load_experiments()["demo"].data_dir == str(tmp_path / "data" / "demo-cifar10")
+    assert main(["run", "demo", "--dry-run"]) == 0
+    assert "demo: 8 trials" in capsys.readouterr().out
+    (tmp_path / "experiments.yaml").write_text(GOOD)   # a local file wins
+    assert set(load_experiments()) == {"tiny"}

@@ -80,3 +80,18 @@ def test_a_scheduler_stop_at_the_last_epoch_counts_as_completed(tmp_path):
     trials = pd.read_parquet(rec.layout.trials).set_index("trial_id")
     assert trials.loc[last.trial_id, "status"] == "completed"
     assert trials.loc[nan.trial_id, "status"] == "diverged"
+
+
+def test_a_resumed_trial_records_the_latest_attempts_commit_and_keeps_the_first(tmp_path):
+    trial = tiny_trial(tmp_path / "data", "batch", epochs=3)
+    layout = ExperimentLayout.of(tmp_path, "exp")
+    first = Recorder(layout, [trial], {"git_commit": "aaa", "package_versions": '{"v": 1}'})
+    first.started(trial.trial_id)
+    first.interrupted()   # the run stops before the trial completes
+    later = Recorder(layout, [trial], {"git_commit": "bbb", "package_versions": '{"v": 2}'})
+    row = pd.read_parquet(layout.trials).set_index("trial_id").loc[trial.trial_id]
+    assert row["git_commit"] == "aaa"   # not started again yet: still the first attempt's
+    later.started(trial.trial_id)
+    row = pd.read_parquet(layout.trials).set_index("trial_id").loc[trial.trial_id]
+    assert (row["git_commit"], row["package_versions"]) == ("bbb", '{"v": 2}')
+    assert row["first_git_commit"] == "aaa"

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil  # noqa: E402
-import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+import psutil
 from orch_helpers import tiny_yaml
 
 from orchestrator.execute.store import read_state

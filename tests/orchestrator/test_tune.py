@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -226,3 +227,97 @@ tiny-grid:
     with pytest.raises(SystemExit):   # argparse: a usage line and exit 2
         main(["run", "tiny-grid", "--config", str(config), "--max-concurrent", "0"])
     assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_scheduler_has_one_default_none_and_a_block_must_say_its_type(tmp_path, capsys):
+    config = tmp_path / "experiments.yaml"
+    without = TINY_TUNE.replace("  scheduler: {type: asha, grace_period: 1, reduction_factor: 3}\n",
+                                "")
+    config.write_text(without)
+    assert load_experiments(config)["tiny-tune"].extra["scheduler"]["type"] == "none"
+    config.write_text(TINY_TUNE.replace("type: asha, ", ""))
+    assert main(["tune", "tiny-tune", "--config", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "key 'scheduler.type': missing" in err
+
+
+def _recorded_search(tmp_path, experiment, old_experiment, old_acc: float, new_acc: float):
+    """trials.parquet and metrics.parquet holding one configuration run under the search's
+    current settings and the same (afwd, abkw) run under earlier settings."""
+    from orchestrator.layout import ExperimentLayout
+    from orchestrator.plan.tune_kind import point_trials
+    from trainers.records import metric_row, rows_frame
+
+    point = {"afwd": 0.5, "abkw": 0.75}
+    [new] = point_trials(experiment, [point])
+    [old] = point_trials(old_experiment, [point])
+    assert new.trial_id != old.trial_id
+    layout = ExperimentLayout.of(tmp_path / "results", experiment.name)
+    layout.dir.mkdir(parents=True)
+    rows = []
+    for spec, acc in ((old, old_acc), (new, new_acc)):
+        rows.append(metric_row(spec.config, {
+            "epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc1": acc, "train_acc5": acc,
+            "val_loss": 1.0, "val_acc1": acc, "val_acc5": acc, "epoch_time_s": 1.0,
+            "images_per_s": 1.0}, experiment.name, spec.trial_id))
+    rows_frame(rows).to_parquet(layout.metrics)
+    pd.DataFrame({"trial_id": [old.trial_id, new.trial_id], "afwd": [0.5, 0.5],
+                  "abkw": [0.75, 0.75], "status": ["completed", "running"],
+                  "config_json": [json.dumps(s.recorded_config()) for s in (old, new)]}
+                 ).to_parquet(layout.trials)
+    return point, layout
+
+
+def test_a_search_never_pools_runs_of_its_earlier_settings(tmp_path):
+    from orchestrator.execute import search
+    from orchestrator.report.tuning_report import write_tuning_report
+
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE)
+    experiment = load_experiments(config)["tiny-tune"]
+    config.write_text(TINY_TUNE.replace("epochs: 3", "epochs: 2"))   # how it was before
+    old_experiment = load_experiments(config)["tiny-tune"]
+    point, layout = _recorded_search(tmp_path, experiment, old_experiment, 90.0, 40.0)
+
+    # Optuna hears only the current setting's score; the old setting's finished run is not
+    # taken as this search's finished configuration (its current run is still going)
+    assert search.config_scores(tmp_path / "results", experiment) == {(0.5, 0.75): 40.0}
+    assert search.recorded_points(tmp_path / "results", experiment) == ([], [point])
+    out = write_tuning_report(experiment.name, layout.dir, search.search_setting(experiment))
+    ranking = pd.read_csv(out["ranking_csv"])
+    assert list(ranking["median_best_val_acc1"]) == [40.0] and list(ranking["runs"]) == [1]
+
+
+def test_optuna_runs_num_samples_distinct_configurations_even_when_it_repeats_itself(
+        tmp_path, monkeypatch, capsys):
+    # A space of three points, one configuration per batch: TPE's random start proposes
+    # points twice, which must neither count against the budget nor run again.
+    pytest.importorskip("optuna")
+    from orchestrator.execute import search
+    from orchestrator.execute.runner import RunSummary
+
+    config = tmp_path / "experiments.yaml"
+    config.write_text(TINY_TUNE.replace("searcher: random", "searcher: optuna")
+                      .replace("afwd: {dyadic: [1, 10]}", "afwd: {dyadic: [1, 1]}")
+                      .replace("abkw: {dyadic: [1, 8]}", "abkw: {dyadic: [1, 3]}")
+                      .replace("num_samples: 6", "num_samples: 3")
+                      .replace("search_seed: 1", "search_seed: 0"))   # proposes 2, 3, 2, ...
+    experiment = load_experiments(config)["tiny-tune"]
+    ran: list[tuple[float, float]] = []
+    monkeypatch.setattr(search, "recorded_points", lambda *args: ([], []))
+    monkeypatch.setattr(search, "config_scores",
+                        lambda *args: {p: 50.0 + 10 * p[1] for p in ran})
+
+    def run_points(experiment, points, results_root, options):
+        ran.extend((p["afwd"], p["abkw"]) for p in points)
+        return RunSummary(experiment.name, {"completed": len(points)}, None)
+    monkeypatch.setattr(search, "run_points", run_points)
+
+    search.run_optuna(experiment, tmp_path / "results", {"max_concurrent": 1})
+    assert sorted(ran) == sorted(set(ran)) and len(ran) == 3
+    # a budget larger than the space ends when the space is exhausted, and says so
+    experiment.extra["num_samples"] = 5
+    ran.clear()
+    search.run_optuna(experiment, tmp_path / "results", {"max_concurrent": 2})
+    assert len(ran) == 3 == len(set(ran))
+    assert "the space holds no more" in capsys.readouterr().out

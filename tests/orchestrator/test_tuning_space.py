@@ -86,3 +86,29 @@ def test_heatmap_grid_spans_every_k_and_leaves_unrun_cells_blank(tmp_path):
     for frame in (ranking, continuous):
         path = heatmap.plot_heatmap(frame, tmp_path / "heat.png", "t")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heatmap_leaves_the_process_backend_alone_and_never_half_writes(tmp_path, monkeypatch):
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    frame = pd.DataFrame({"afwd": [0.5, 0.75], "abkw": [0.5, 0.5],
+                          "median_best_val_acc1": [50.0, 60.0]})
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")   # whatever the caller chose
+    try:
+        heatmap.plot_heatmap(frame, tmp_path / "heat.png", "t")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    old = (tmp_path / "heat.png").read_bytes()
+
+    def dies_half_way(self, path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError("disk full")
+    monkeypatch.setattr(Figure, "savefig", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        heatmap.plot_heatmap(frame, tmp_path / "heat.png", "t")
+    assert (tmp_path / "heat.png").read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["heat.png"]   # no temporary left behind

@@ -274,7 +274,8 @@ def test_incomplete_or_corrupt_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="unreadable .data_batch_3"):
         build_data(cfg, CPU)
     (folder / "data_batch_3").write_bytes(b"cno_such_module\nX\n.")   # pickle: import it
-    with pytest.raises(UserError, match="unreadable .data_batch_3: ModuleNotFoundError"):
+    with pytest.raises(UserError, match="data_batch_3 is not a CIFAR batch: it asks for "
+                                        "no_such_module.X"):
         build_data(cfg, CPU)
     (tmp_path / "cifar-100-python").mkdir()
     with pytest.raises(UserError, match=r"CIFAR-100 data incomplete \(meta missing\) in .*: "
@@ -286,3 +287,30 @@ def test_batch_larger_than_dataset_is_a_user_error(tmp_path):
     write_synthetic_cifar(tmp_path, classes=10, n_train=20, n_test=10)
     with pytest.raises(UserError, match="batch_size 128 is larger than the 20"):
         build_data(make_config("cifar10", str(tmp_path), workers=0), CPU)
+
+
+class _CreatesAFile:
+    """Unpickled, this calls open(path, "w"): what a crafted batch file could do."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_batch_file_whose_pickle_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    write_synthetic_cifar(tmp_path, classes=10, n_train=50, n_test=10)
+    folder = tmp_path / "cifar-10-batches-py"
+    victim = tmp_path / "created-by-the-pickle"
+    payload = pickle.dumps({b"data": _CreatesAFile(str(victim)), b"labels": [0]}, protocol=2)
+    pickle.loads(payload)[b"data"].close()   # plain pickle runs it: the file appears
+    assert victim.exists()
+    victim.unlink()
+    (folder / "data_batch_2").write_bytes(payload)
+    with pytest.raises(UserError) as err:
+        build_data(make_config("cifar10", str(tmp_path), batch_size=8, workers=0), CPU)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(folder / "data_batch_2") in message and "io.open, which no CIFAR" in message
+    assert not victim.exists()

@@ -4,6 +4,10 @@ The format (https://www.cs.toronto.edu/~kriz/cifar.html): each batch file is a p
 whose b'data' is a uint8 array of N rows x 3072 (1024 red, then green, then blue values, each
 plane row-major 32x32) and whose b'labels' (CIFAR-10) or b'fine_labels' (CIFAR-100) is a
 list of N ints. No torch here: the synthetic writer uses this module too.
+
+The files are pickles, and unpickling can run any code a file names, so they are read with
+an unpickler that builds only what the real files hold: plain containers, strings, numbers,
+and numpy arrays with their dtypes. Anything else is refused before it is called.
 """
 
 from __future__ import annotations
@@ -56,18 +60,56 @@ def missing_message(root: Path, layout: CifarLayout, problem: str) -> str:
 
 
 def _str_keys(entry: dict) -> dict:
-    # Files pickled by Python 2 (the real ones) load with bytes keys under encoding="bytes".
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global that CIFAR files never hold (it could run code)."""
+
+
+def _array_globals() -> dict[tuple[str, str], object]:
+    """The only callables a CIFAR pickle may name: numpy's array and dtype reconstruction
+    (under numpy 1's module names, which the real files use, and numpy 2's), and the codec
+    Python 3's protocol-2 pickler writes bytes with."""
+    import codecs
+
+    core = getattr(np, "_core", None) or np.core
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        allowed = _array_globals()
+        if (module, name) not in allowed:
+            raise ForbiddenGlobal(f"it asks for {module}.{name}, which no CIFAR file holds; "
+                                  "refused without running it")
+        return allowed[(module, name)]
+
+
+def load_batch_file(path: Path) -> dict:
+    """A CIFAR batch or meta file's dict (str keys), built without running code from it."""
+    with open(path, "rb") as f:
+        # Files pickled by Python 2 (the real ones) load with bytes keys under encoding="bytes".
+        return _str_keys(_CifarUnpickler(f, encoding="bytes").load())
 
 
 def _read_batch(path: Path, layout: CifarLayout, root: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            entry = _str_keys(pickle.load(f, encoding="bytes"))
+        entry = load_batch_file(path)
         data = np.asarray(entry["data"])
         labels = np.asarray(entry[layout.label_key], dtype=np.int64)
     except FileNotFoundError:
         raise UserError(missing_message(root, layout, f"incomplete ({path.name} missing)"))
+    except ForbiddenGlobal as err:
+        raise UserError(f"{layout.title} file {path} is not a CIFAR batch: {err}; replace it "
+                        "with the real file or write a synthetic dataset (onorm data "
+                        "synth-cifar)") from None
     except Exception as err:   # a damaged pickle can fail in any way (even an import)
         raise UserError(missing_message(
             root, layout, f"unreadable ({path.name}: {type(err).__name__} {err})"))
