@@ -63,6 +63,7 @@ Dataset = Literal[DATASETS]
 NormMode = Literal[NORM_MODES]
 EcmMode = Literal[ECM_MODES]
 NormWeightDecay = Literal[NORM_WD_MODES]
+AmpDtype = Literal["bfloat16", "float16"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,19 @@ class TrialConfig:
                                         hint="(0: the real 224-pixel crops)")
     # auto picks CUDA when present: where a trial runs, not what it computes.
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", launch_only=True)
+    # float32 is the paper's precision; mixed precision changes what a trial computes, so it
+    # is part of the recipe (and of the trial id when on).
+    amp: bool = setting(False, "mixed precision: the forward pass in amp_dtype (autocast)")
+    # bfloat16 keeps float32's range, so it needs no loss scaling (float16 does).
+    amp_dtype: AmpDtype = setting("bfloat16", "autocast dtype with amp (float16 scales the "
+                                              "loss)")
+    # Off by default: how fast a trial runs, never what it computes (launch options).
+    channels_last: bool = setting(False, "channels-last (NHWC) memory format for the model "
+                                         "and its inputs: faster convolutions on GPUs",
+                                  launch_only=True)
+    cuda_graph: bool = setting(False, "replay each training step from a CUDA graph (one "
+                                      "launch per step); on the CPU it trains eagerly",
+                               launch_only=True)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -324,6 +338,13 @@ def validate(c: TrialConfig) -> None:
             hint = f" {spec.meta['hint']}" if spec.meta.get("hint") else ""
             shown = list(value) if spec.kind == "int_list" else value
             raise UserError(f"{name} must be {spec.range_text()}{hint}; got {shown!r}")
+    if c.amp_dtype != "bfloat16" and not c.amp:
+        raise UserError(f"amp_dtype {c.amp_dtype!r} applies only with amp on: set amp (--amp) "
+                        "or drop amp_dtype")
+    if c.cuda_graph and c.amp and c.amp_dtype == "float16":
+        raise UserError("cuda_graph with float16 amp: float16 needs dynamic loss scaling, "
+                        "which waits for the GPU every step; use amp_dtype bfloat16, or drop "
+                        "cuda_graph")
     if c.dataset == "imagenet":
         if c.arch not in IMAGENET_ARCHS:
             raise UserError(f"arch {c.arch!r} for imagenet: choose one of "

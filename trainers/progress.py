@@ -11,6 +11,9 @@ class _Silent:
     def update(self, done: int, text: str) -> None:
         pass
 
+    def advance(self, done: int) -> None:
+        pass
+
 
 class _RichBar:
     def __init__(self, progress, task) -> None:
@@ -19,10 +22,15 @@ class _RichBar:
     def update(self, done: int, text: str) -> None:
         self._progress.update(self._task, completed=done, stats=text)
 
+    def advance(self, done: int) -> None:
+        """Move the bar, keeping the last statistics shown."""
+        self._progress.update(self._task, completed=done)
+
 
 @contextmanager
 def epoch_progress(enabled: bool, title: str, total: int) -> Iterator[_Silent | _RichBar]:
-    """Yield an object with update(done, text); transient bar on stderr when enabled."""
+    """Yield an object with update(done, text) and advance(done); a transient bar on stderr
+    when enabled."""
     if not enabled:
         yield _Silent()
         return

@@ -33,14 +33,19 @@ from trainers.checkpoint import (
 )
 from trainers.config import TrialConfig
 from trainers.errors import UserError
-from trainers.metrics import EpochMeter
+from trainers.metrics import EpochMeter, EpochSummary
 from trainers.progress import default_progress, epoch_progress
 from trainers.records import EPOCH_METRIC_KEYS, metric_row, upsert_rows
+from trainers.step import autocast_context, make_train_step
 
 METRICS_NAME = "metrics.parquet"
 Report = Callable[[dict, Path], None]
 # Settings whose values live on in the optimizer/scheduler state of a checkpoint.
 RECIPE_KEYS = ("lr", "momentum", "weight_decay", "lr_milestones", "lr_multiplier")
+# Training steps between looks at the loss for NaN/inf: each look waits for the device,
+# so not every step; a diverged epoch stops within this many steps of its first bad loss.
+DIVERGENCE_CHECK_STEPS = 50
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -101,14 +106,18 @@ def _nan_metrics(epoch: int, lr: float) -> dict[str, Any]:
     return metrics
 
 
-def _validate(model: nn.Module, data, criterion: nn.Module) -> EpochMeter:
-    model.eval()
-    meter = EpochMeter()
+def _validate(run: "_Trainer") -> EpochSummary:
+    run.model.eval()
+    meter = EpochMeter(run.device)
+    autocast = autocast_context(run.device, run.amp_dtype)
     with torch.no_grad():
-        for images, labels in data.val_batches():
-            logits = model(images)
-            meter.update(logits, labels, criterion(logits, labels).item())
-    return meter
+        for images, labels in run.data.val_batches():
+            with autocast():
+                logits = run.model(run.layout(images))
+                loss = run.criterion(logits, labels)
+            meter.update(logits, labels, loss)
+            meter.count(labels.shape[0])
+    return meter.summary()
 
 
 class _Trainer:
@@ -124,10 +133,19 @@ class _Trainer:
         self.device = resolve_device(config.device)
         self.data = build_data(config, self.device)
         self.model = build_model(config, self.data.num_classes, self.data.input_size)
-        self.model.to(self.device)
+        self.memory_format = (torch.channels_last if config.channels_last
+                              else torch.contiguous_format)
+        self.model.to(self.device, memory_format=self.memory_format)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.criterion = nn.CrossEntropyLoss()
+        self.amp_dtype = AMP_DTYPES[config.amp_dtype] if config.amp else None
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if self.amp_dtype == torch.float16 else None)
+        if config.cuda_graph and self.device.type != "cuda":
+            log("note: cuda_graph needs a CUDA device; training eagerly on the "
+                f"{self.device.type}")
         self.epochs_done = 0
         self.best_acc1: float | None = None
         self.best_epoch: int | None = None
@@ -152,6 +170,8 @@ class _Trainer:
             # the optimizer and scheduler states carry the old recipe, as in the seed scripts
             self.log(f"note: resuming with the checkpoint's {', '.join(kept)} "
                      "(optimizer and lr schedule continue as saved)")
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epochs_done = int(state["epoch"])
         self.best_acc1 = state.get("best_acc1")
@@ -166,29 +186,37 @@ class _Trainer:
             group["lr"] = group["initial_lr"]
         self.scheduler = build_scheduler(self.optimizer, self.config, epochs_done)
 
-    def train_epoch(self, epoch: int) -> tuple[EpochMeter, bool]:
-        """One pass over the training batches; stops at the first non-finite loss."""
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=self.memory_format)
+
+    def train_epoch(self, epoch: int) -> tuple[EpochSummary, bool]:
+        """One pass over the training batches; stops soon after a non-finite loss.
+
+        Nothing waits for the device between steps, but for the divergence checks and the
+        per-batch log lines (every print_freq steps, when no live bar shows them)."""
         self.model.train()
-        meter = EpochMeter()
+        meter = EpochMeter(self.device)
+        step = make_train_step(self.model, self.criterion, self.optimizer, meter, self.device,
+                               self.amp_dtype, self.scaler, self.config.cuda_graph)
         total = self.data.train_len
+        log_lines = not self.progress and self.print_freq > 0
         with epoch_progress(self.progress, f"epoch {epoch}/{self.config.epochs}",
                             total) as bar:
             for i, (images, labels) in enumerate(self.data.train_batches(epoch), start=1):
-                logits = self.model(images)
-                loss = self.criterion(logits, labels)
-                loss_value = loss.item()
-                meter.update(logits, labels, loss_value)
-                if not math.isfinite(loss_value):
-                    return meter, True
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                text = f"loss {meter.loss:.4f} acc1 {meter.acc1:.2f}"
+                step(self.layout(images), labels)
+                logged = log_lines and i % self.print_freq == 0
+                if i % DIVERGENCE_CHECK_STEPS and not logged:
+                    bar.advance(i)
+                    continue
+                so_far = meter.summary()   # waits for the device
+                if so_far.nonfinite:
+                    return so_far, True
+                text = f"loss {so_far.loss:.4f} acc1 {so_far.acc1:.2f}"
                 bar.update(i, text)
-                # the seed scripts' per-batch lines, when no live bar shows the same
-                if not self.progress and self.print_freq > 0 and i % self.print_freq == 0:
+                if logged:   # the seed scripts' per-batch lines
                     self.log(f"epoch {epoch} [{i}/{total}] {text}")
-        return meter, False
+        summary = meter.summary()
+        return summary, summary.nonfinite
 
     def run_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
         if epoch > 1:
@@ -198,25 +226,24 @@ class _Trainer:
                 self.scheduler.step()
         lr = float(self.optimizer.param_groups[0]["lr"])
         start = time.perf_counter()
-        train_meter, diverged = self.train_epoch(epoch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        train, diverged = self.train_epoch(epoch)   # its summary waited for the device
         train_time = time.perf_counter() - start
         metrics = _nan_metrics(epoch, lr)
-        metrics.update(train_loss=math.nan if diverged else train_meter.loss,
-                       train_acc1=train_meter.acc1, train_acc5=train_meter.acc5)
+        metrics.update(train_loss=math.nan if diverged else train.loss,
+                       train_acc1=train.acc1, train_acc5=train.acc5)
         if not diverged:
-            val = _validate(self.model, self.data, self.criterion)
+            val = _validate(self)
             metrics.update(val_loss=val.loss, val_acc1=val.acc1, val_acc5=val.acc5)
         metrics["epoch_time_s"] = time.perf_counter() - start
-        metrics["images_per_s"] = train_meter.images / train_time if train_time > 0 else math.nan
+        metrics["images_per_s"] = train.images / train_time if train_time > 0 else math.nan
         return metrics, diverged
 
     def checkpoint_state(self, epoch: int, metrics: dict) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": epoch,
                 "best_acc1": self.best_acc1, "best_epoch": self.best_epoch,
-                "config": self.config.to_dict(), "metrics": dict(metrics), "rng": rng_state()}
+                "config": self.config.to_dict(), "metrics": dict(metrics), "rng": rng_state(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
 
 
 def _summary(metrics: dict) -> str:
@@ -265,7 +292,7 @@ def train(config: TrialConfig, report: Report | None = None, *, model_dir: str |
 
 
 def _evaluate(run: _Trainer, log: Callable[[str], None]) -> TrainOutcome:
-    val = _validate(run.model, run.data, run.criterion)
+    val = _validate(run)
     metrics = _nan_metrics(run.epochs_done, float(run.optimizer.param_groups[0]["lr"]))
     metrics.update(val_loss=val.loss, val_acc1=val.acc1, val_acc5=val.acc5)
     log(f"evaluate: val loss {val.loss:.4f} acc1 {val.acc1:.2f} acc5 {val.acc5:.2f} "
