@@ -117,16 +117,29 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; under `torchrun --nproc-per-node K` the K processes train one run together
+    (rank 0 writes the model dir and prints)."""
     config = config_from_args(args)
+    from trainers import distributed
     from trainers.train import train
-    outcome = train(config, model_dir=args.model_dir, resume=args.resume,
-                    start_epoch=args.start_epoch or None, evaluate_only=args.evaluate,
-                    print_freq=args.print_freq)
+
+    started = distributed.init_from_env()
+    try:
+        outcome = train(config, model_dir=args.model_dir, resume=args.resume,
+                        start_epoch=args.start_epoch or None, evaluate_only=args.evaluate,
+                        print_freq=args.print_freq)
+        main = distributed.current().is_main
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     if outcome.status == "diverged":
-        print(f"onorm train: diverged at epoch {outcome.epochs_done} (training loss NaN/inf); "
-              "lower --lr or change the normalizer", file=sys.stderr)
+        if main:
+            print(f"onorm train: diverged at epoch {outcome.epochs_done} (training loss "
+                  "NaN/inf); lower --lr or change the normalizer", file=sys.stderr)
         return EXIT_DIVERGED
-    if not args.evaluate and outcome.best_epoch is not None:
+    if main and not args.evaluate and outcome.best_epoch is not None:
         print(f"best val acc1 {outcome.best_val_acc1:.2f} at epoch {outcome.best_epoch}; "
               f"checkpoints in {args.model_dir}")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -29,7 +30,10 @@ class EpochSummary:
 class EpochMeter:
     """Device-side sums of loss and correct predictions; averages are per image."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """reduce: sums a tensor over the ranks of a data-parallel trial, in place."""
+        self.reduce = reduce
         self.images = 0
         # [loss sum, correct top-1, correct top-k, non-finite losses], float64 so that one
         # tensor holds all four and one transfer fetches them
@@ -50,9 +54,13 @@ class EpochMeter:
         self.sums.add_(batch)
 
     def summary(self) -> EpochSummary:
-        loss_sum, correct1, correct5, bad = self.sums.tolist()
-        if not self.images:
+        """The epoch so far, over every rank (a collective when there are several)."""
+        totals = torch.cat([self.sums, self.sums.new_tensor([self.images])])
+        if self.reduce is not None:
+            totals = self.reduce(totals)
+        loss_sum, correct1, correct5, bad, images = totals.tolist()
+        images = int(images)
+        if not images:
             return EpochSummary(0, math.nan, math.nan, math.nan, False)
-        return EpochSummary(self.images, loss_sum / self.images,
-                            100.0 * correct1 / self.images, 100.0 * correct5 / self.images,
-                            bad > 0)
+        return EpochSummary(images, loss_sum / images, 100.0 * correct1 / images,
+                            100.0 * correct5 / images, bad > 0)

@@ -4,6 +4,12 @@ Each epoch: train, validate, append the metrics row to model_dir/metrics.parquet
 model_dir/checkpoint.pth.tar (and model_best.pth.tar when val top-1 improves), then call
 `report(metrics, checkpoint_path)`. A resumed run continues bit-identically (RNG states,
 optimizer, scheduler and normalizer buffers are all in the checkpoint).
+
+In a process group of K ranks (Ray Train, torchrun) the same call trains one trial data-
+parallel with the meaning of one process (trainers/distributed.py): each rank takes its slice
+of every global batch, the normalizers are synchronized across ranks (norms.convert_sync_norms),
+gradients are averaged by DDP, and rank 0 writes the files and the checkpoint, which holds
+every rank's RNG state and means the same for any K.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainers import distributed
 from trainers.allocator import retain_freed_memory
 from trainers.checkpoint import (
     CHECKPOINT_NAME,
@@ -108,7 +115,7 @@ def _nan_metrics(epoch: int, lr: float) -> dict[str, Any]:
 
 def _validate(run: "_Trainer") -> EpochSummary:
     run.model.eval()
-    meter = EpochMeter(run.device)
+    meter = EpochMeter(run.device, reduce=distributed.all_reduce_sum)
     autocast = autocast_context(run.device, run.amp_dtype)
     with torch.no_grad():
         for images, labels in run.data.val_batches():
@@ -128,14 +135,23 @@ class _Trainer:
         from trainers.data import build_data
         from trainers.models import build_model
         from trainers.optim import build_optimizer, build_scheduler
+        self.ranks = distributed.current()
+        distributed.check_batch(config.batch_size, self.ranks)
+        # only rank 0 speaks and writes; the others train in silence
+        log = log if self.ranks.is_main else (lambda line: None)
         self.config, self.model_dir, self.log = config, model_dir, log
-        self.progress, self.print_freq = progress, print_freq
+        self.progress, self.print_freq = progress and self.ranks.is_main, print_freq
         self.device = resolve_device(config.device)
-        self.data = build_data(config, self.device)
+        self.data = build_data(config, self.device, self.ranks)
         self.model = build_model(config, self.data.num_classes, self.data.input_size)
         self.memory_format = (torch.channels_last if config.channels_last
                               else torch.contiguous_format)
         self.model.to(self.device, memory_format=self.memory_format)
+        if self.ranks.world > 1:
+            import norms
+
+            self.model = norms.convert_sync_norms(self.model)
+        self.net = self._data_parallel(self.model)   # what trains; self.model is saved
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.criterion = nn.CrossEntropyLoss()
@@ -143,13 +159,30 @@ class _Trainer:
         # float16 gradients underflow without loss scaling; bfloat16 has float32's range
         self.scaler = (torch.amp.GradScaler(self.device.type)
                        if self.amp_dtype == torch.float16 else None)
-        if config.cuda_graph and self.device.type != "cuda":
-            log("note: cuda_graph needs a CUDA device; training eagerly on the "
-                f"{self.device.type}")
+        self.cuda_graph = config.cuda_graph and self.device.type == "cuda" \
+            and self.ranks.world == 1
+        if config.cuda_graph and not self.cuda_graph:
+            why = ("needs a CUDA device; training eagerly on the cpu"
+                   if self.device.type != "cuda" else
+                   "is not used by multi-worker trials (DDP's all-reduce runs outside the "
+                   "graph); training eagerly")
+            log(f"note: cuda_graph {why}")
         self.epochs_done = 0
         self.best_acc1: float | None = None
         self.best_epoch: int | None = None
         self.last_metrics: dict | None = None
+
+    def _data_parallel(self, model: nn.Module) -> nn.Module:
+        """The module that trains: the model alone, or DDP over it in a process group.
+
+        Buffers are not synced at each forward: the synchronized normalizers keep them
+        identical on every rank, and rank 0's would overwrite the others' every step."""
+        if self.ranks.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index or 0] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     def restore(self, path: str | Path) -> None:
         state = load_checkpoint(path)
@@ -172,7 +205,10 @@ class _Trainer:
                      "(optimizer and lr schedule continue as saved)")
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks") or []
+        # each rank continues its own RNG streams; a checkpoint of another K gives rank 0's
+        same_world = len(per_rank) == self.ranks.world
+        set_rng_state(per_rank[self.ranks.rank] if same_world else state["rng"])
         self.epochs_done = int(state["epoch"])
         self.best_acc1 = state.get("best_acc1")
         self.best_epoch = state.get("best_epoch")
@@ -195,17 +231,17 @@ class _Trainer:
         Nothing waits for the device between steps, but for the divergence checks and the
         per-batch log lines (every print_freq steps, when no live bar shows them)."""
         self.model.train()
-        meter = EpochMeter(self.device)
-        step = make_train_step(self.model, self.criterion, self.optimizer, meter, self.device,
-                               self.amp_dtype, self.scaler, self.config.cuda_graph)
+        meter = EpochMeter(self.device, reduce=distributed.all_reduce_sum)
+        step = make_train_step(self.net, self.criterion, self.optimizer, meter, self.device,
+                               self.amp_dtype, self.scaler, self.cuda_graph)
         total = self.data.train_len
-        log_lines = not self.progress and self.print_freq > 0
         with epoch_progress(self.progress, f"epoch {epoch}/{self.config.epochs}",
                             total) as bar:
             for i, (images, labels) in enumerate(self.data.train_batches(epoch), start=1):
                 step(self.layout(images), labels)
-                logged = log_lines and i % self.print_freq == 0
-                if i % DIVERGENCE_CHECK_STEPS and not logged:
+                # the same steps on every rank: a look is a collective in a group
+                printed = self.print_freq > 0 and i % self.print_freq == 0
+                if i % DIVERGENCE_CHECK_STEPS and not printed:
                     bar.advance(i)
                     continue
                 so_far = meter.summary()   # waits for the device
@@ -213,7 +249,7 @@ class _Trainer:
                     return so_far, True
                 text = f"loss {so_far.loss:.4f} acc1 {so_far.acc1:.2f}"
                 bar.update(i, text)
-                if logged:   # the seed scripts' per-batch lines
+                if printed and not self.progress:   # the seed scripts' per-batch lines
                     self.log(f"epoch {epoch} [{i}/{total}] {text}")
         summary = meter.summary()
         return summary, summary.nonfinite
@@ -239,10 +275,13 @@ class _Trainer:
         return metrics, diverged
 
     def checkpoint_state(self, epoch: int, metrics: dict) -> dict[str, Any]:
+        """Called on every rank (it gathers their RNG states); rank 0 saves it."""
+        rngs = distributed.gather_objects(rng_state())
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": epoch,
                 "best_acc1": self.best_acc1, "best_epoch": self.best_epoch,
-                "config": self.config.to_dict(), "metrics": dict(metrics), "rng": rng_state(),
+                "config": self.config.to_dict(), "metrics": dict(metrics), "rng": rngs[0],
+                "rng_ranks": rngs if len(rngs) > 1 else [],
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
 
 
@@ -295,23 +334,27 @@ def _evaluate(run: _Trainer, log: Callable[[str], None]) -> TrainOutcome:
     val = _validate(run)
     metrics = _nan_metrics(run.epochs_done, float(run.optimizer.param_groups[0]["lr"]))
     metrics.update(val_loss=val.loss, val_acc1=val.acc1, val_acc5=val.acc5)
-    log(f"evaluate: val loss {val.loss:.4f} acc1 {val.acc1:.2f} acc5 {val.acc5:.2f} "
+    run.log(f"evaluate: val loss {val.loss:.4f} acc1 {val.acc1:.2f} acc5 {val.acc5:.2f} "
         f"({val.images} images)")
     return TrainOutcome("completed", run.epochs_done, run.best_epoch, run.best_acc1, metrics)
 
 
 def _fit(run: _Trainer, report: Report | None, log: Callable[[str], None]) -> TrainOutcome:
-    config, model_dir = run.config, run.model_dir
-    model_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = model_dir / CHECKPOINT_NAME
+    config, model_dir, main = run.config, run.model_dir, run.ranks.is_main
+    if main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    # only rank 0 has the checkpoint file; the other ranks report None
+    ckpt_path = model_dir / CHECKPOINT_NAME if main else None
     for epoch in range(run.epochs_done + 1, config.epochs + 1):
         metrics, diverged = run.run_epoch(epoch)
-        # the row goes in before the checkpoint: a crash in between redoes this epoch on
-        # resume, and the upsert replaces the row instead of losing or duplicating it
-        upsert_rows(model_dir / METRICS_NAME, [metric_row(config, metrics)], key=("epoch",))
+        if main:
+            # the row goes in before the checkpoint: a crash in between redoes this epoch on
+            # resume, and the upsert replaces the row instead of losing or duplicating it
+            upsert_rows(model_dir / METRICS_NAME, [metric_row(config, metrics)],
+                        key=("epoch",))
         run.last_metrics = metrics
         if diverged:
-            log(f"epoch {epoch}: training loss is not finite; stopping (diverged)")
+            run.log(f"epoch {epoch}: training loss is not finite; stopping (diverged)")
             if report is not None:
                 report(dict(metrics), ckpt_path)
             return TrainOutcome("diverged", epoch, run.best_epoch, run.best_acc1, metrics)
@@ -319,8 +362,10 @@ def _fit(run: _Trainer, report: Report | None, log: Callable[[str], None]) -> Tr
         if is_best:
             run.best_acc1, run.best_epoch = float(metrics["val_acc1"]), epoch
         run.epochs_done = epoch
-        save_checkpoint(run.checkpoint_state(epoch, metrics), model_dir, is_best)
-        log(_summary(metrics))
+        state = run.checkpoint_state(epoch, metrics)
+        if main:
+            save_checkpoint(state, model_dir, is_best)
+        run.log(_summary(metrics))
         if report is not None:
             report(dict(metrics), ckpt_path)
     return TrainOutcome("completed", run.epochs_done, run.best_epoch, run.best_acc1,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.execute.distributed_trial import COORDINATOR_CPU
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.provenance import provenance
@@ -69,6 +70,14 @@ def check_resources(trials: list[TrialSpec]) -> None:
     max_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
     gpu = max(t.resources["gpu"] for t in trials)
     cpu = max(t.resources["cpu"] for t in trials)
+    for t in trials:
+        workers, per = int(t.resources.get("workers", 1)), t.resources
+        fits = sum(worker_slots(n, per["cpu"], per["gpu"]) for n in nodes)
+        if workers > 1 and fits < workers:
+            raise UserError(f"trial {t.trial_id} asks for {workers} workers of {per['cpu']:g} "
+                            f"CPU and {per['gpu']:g} GPU each, but the Ray cluster can place "
+                            f"only {fits} at once: lower resources.workers or the per-worker "
+                            "cpu/gpu in experiments.yaml, or join a larger cluster (--address)")
     if gpu > 0 and max_gpu == 0:
         raise UserError(f"the trials ask for {gpu:g} GPU each but the Ray cluster has no GPUs: "
                         "re-run with --cpu-only (sets gpu to 0 per trial) or set "
@@ -79,6 +88,13 @@ def check_resources(trials: list[TrialSpec]) -> None:
     if cpu > max_cpu:
         raise UserError(f"the trials ask for {cpu:g} CPUs each but no node has more than "
                         f"{max_cpu:g}: lower resources.cpu in experiments.yaml")
+
+
+def worker_slots(node: dict[str, float], cpu: float, gpu: float) -> int:
+    """How many workers of (cpu, gpu) fit on a node with these resources."""
+    slots = [int(node.get("CPU", 0) // cpu)] if cpu > 0 else []
+    slots += [int(node.get("GPU", 0) // gpu)] if gpu > 0 else []
+    return min(slots) if slots else 0
 
 
 def start_store(checkpoint_dir: Path, name: str):
@@ -181,6 +197,9 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
 
             def resources(params: dict[str, Any]):
                 r = params["trial"]["resources"]
+                if int(r.get("workers", 1)) > 1:
+                    # the trial only coordinates; Ray Train places its workers itself
+                    return tune.PlacementGroupFactory([{"CPU": COORDINATOR_CPU}])
                 return tune.PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
 
             from orchestrator.execute.trainable import run_trial

@@ -13,7 +13,7 @@ from trainers.config import SettingError, config_specs, parse_setting
 from trainers.decay import parse_fraction
 from trainers.errors import UserError
 
-RESOURCE_KEYS = ("cpu", "gpu")
+RESOURCE_KEYS = ("cpu", "gpu", "workers")
 # Trial settings the experiment fixes itself (dataset, data_dir) or the cell list sets (norm, seed).
 RESERVED_SETTINGS = ("dataset", "data_dir", "norm", "seed")
 
@@ -62,10 +62,14 @@ def check_keys(exp: str, context: str, raw: dict[str, Any], allowed: list[str] |
 
 def parse_resources(exp: str, key: str, raw: Any, base: dict[str, float] | None = None
                     ) -> dict[str, float]:
+    """{cpu, gpu} per worker and `workers` (K data-parallel workers per trial, default 1)."""
     raw = as_mapping(exp, key, raw)
     check_keys(exp, key, raw, RESOURCE_KEYS)
-    out = dict(base or {"cpu": 1.0, "gpu": 0.0})
+    out = dict(base or {"cpu": 1.0, "gpu": 0.0, "workers": 1})
     for name, value in raw.items():
+        if name == "workers":
+            out[name] = as_int(exp, f"{key}.workers", value, 1)
+            continue
         number = as_number(exp, f"{key}.{name}", value)
         if number < 0:
             raise UserError(f"{where(exp, key + '.' + name)}: must be >= 0, got {value!r}")
@@ -75,6 +79,10 @@ def parse_resources(exp: str, key: str, raw: Any, base: dict[str, float] | None 
         out[name] = number
     if out["cpu"] <= 0 and out["gpu"] <= 0:
         raise UserError(f"{where(exp, key)}: a trial needs some cpu or gpu, got {raw!r}")
+    if out["workers"] > 1 and 0 < out["gpu"] < 1:
+        raise UserError(f"{where(exp, key + '.gpu')}: a trial of {out['workers']} workers needs "
+                        f"whole GPUs per worker (NCCL gives each rank its own device), got "
+                        f"{out['gpu']:g}: use gpu: 1, or workers: 1 to share a GPU")
     return out
 
 

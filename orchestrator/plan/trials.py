@@ -11,6 +11,7 @@ from orchestrator.plan.experiments import Experiment
 from orchestrator.plan.trial_id import make_trial_id
 from trainers.config import TrialConfig, make_config
 from trainers.decay import fraction_text
+from trainers.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -35,9 +36,15 @@ class TrialSpec:
 def make_trial(config: TrialConfig, resources: dict[str, float],
                synthetic: dict[str, int] | None = None, *, cpu_only: bool = False) -> TrialSpec:
     """cpu_only (`--cpu-only`): ask for no GPU but at least one CPU, and move a config pinned
-    to a GPU onto the CPU; device is launch-only, so the trial id stays the same."""
+    to a GPU onto the CPU; device is launch-only, so the trial id stays the same. So is the
+    number of workers: a trial means the same on one or K of them."""
+    workers = int(resources.get("workers", 1))
+    if config.batch_size % workers:
+        raise UserError(f"batch_size {config.batch_size} cannot be split evenly over "
+                        f"resources.workers {workers}: the global batch must be a multiple "
+                        f"of the worker count")
     if cpu_only:
-        resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0}
+        resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0, "workers": workers}
         if config.device.startswith("cuda"):
             config = config.replace(device="cpu")
     return TrialSpec(make_trial_id(config, synthetic), config, dict(resources), synthetic)
@@ -53,7 +60,11 @@ def expand(experiment: Experiment, *, data_dir: str | None = None, cpu_only: boo
         for seed in cell.seeds:
             values = {**experiment.settings, **cell.options, "seed": seed}
             config = make_config(experiment.dataset, data_dir, **values)
-            trial = make_trial(config, cell.resources, experiment.synthetic, cpu_only=cpu_only)
+            try:
+                trial = make_trial(config, cell.resources, experiment.synthetic,
+                                   cpu_only=cpu_only)
+            except UserError as err:
+                raise UserError(f"experiment {experiment.name!r}: {err}") from None
             if trial.trial_id not in seen:
                 seen.add(trial.trial_id)
                 trials.append(trial)

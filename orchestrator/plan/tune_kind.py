@@ -125,6 +125,9 @@ def point_trials(experiment: Experiment, points: list[dict[str, float]], *,
             config = make_config(experiment.dataset, folder, **experiment.settings,
                                  norm="online", afwd=point["afwd"], abkw=point["abkw"],
                                  seed=seed)
-            trials.append(make_trial(config, experiment.resources, experiment.synthetic,
-                                     cpu_only=cpu_only))
+            try:
+                trials.append(make_trial(config, experiment.resources, experiment.synthetic,
+                                         cpu_only=cpu_only))
+            except UserError as err:
+                raise UserError(f"experiment {experiment.name!r}: {err}") from None
     return trials

@@ -10,6 +10,7 @@ import torch
 from trainers.data.augment import CIFAR_MEAN, CIFAR_STD, Normalizer, crop_flip, draw_plan
 from trainers.data.bundle import DataBundle, epoch_seed
 from trainers.data.cifar_format import LAYOUTS, CifarLayout, missing_message, read_split
+from trainers.distributed import Ranks
 from trainers.errors import UserError
 
 # Batches augmented per tensor op: 16x fewer kernel launches and thread-pool wake-ups than
@@ -42,12 +43,13 @@ def load_cifar(root: str | Path, dataset: str) -> tuple[tuple, tuple]:
 
 class CifarData(DataBundle):
     """Whole splits live on `device` as uint8; each batch is gathered, cropped and normalized
-    there, so the host does no per-image work."""
+    there, so the host does no per-image work. With several ranks each one augments only its
+    slice of every global batch, and validates its shard of the test split."""
 
     input_size = 32
 
     def __init__(self, train: tuple, val: tuple, num_classes: int, batch_size: int,
-                 seed: int | None, device: torch.device) -> None:
+                 seed: int | None, device: torch.device, ranks: Ranks = Ranks()) -> None:
         self.device = torch.device(device)
         self.train_x = torch.from_numpy(train[0]).to(self.device)
         self.train_y = torch.from_numpy(train[1]).to(self.device)
@@ -56,33 +58,41 @@ class CifarData(DataBundle):
         self.num_classes = num_classes
         self.batch_size = batch_size
         self.seed = seed
+        self.ranks = ranks
         self.train_len = self.train_x.shape[0] // batch_size
         self.val_images = self.val_x.shape[0]
+        self.val_shard = ranks.shard(self.val_images)
         self.normalize = Normalizer(CIFAR_MEAN, CIFAR_STD, self.device)
 
     @classmethod
-    def from_config(cls, config, device: torch.device) -> "CifarData":
+    def from_config(cls, config, device: torch.device, ranks: Ranks = Ranks()) -> "CifarData":
         train, val = load_cifar(config.data_dir, config.dataset)
         n = train[0].shape[0]
         if n < config.batch_size:
             raise UserError(f"batch_size {config.batch_size} is larger than the {n} training "
                             f"images in {config.data_dir}: lower batch_size or add images")
         return cls(train, val, LAYOUTS[config.dataset].num_classes, config.batch_size,
-                   config.seed, device)
+                   config.seed, device, ranks)
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         plan = draw_plan(self.train_x.shape[0], generator).to(self.device)
         b = self.batch_size
+        mine = self.ranks.batch_slice(b)   # every rank draws the whole plan, uses its part
+        offsets = torch.arange(mine.start, mine.stop, device=self.device)
+        local = mine.stop - mine.start
         used = self.train_len * b
         for start in range(0, used, b * CHUNK_BATCHES):
-            s = slice(start, min(start + b * CHUNK_BATCHES, used))
+            firsts = torch.arange(start, min(start + b * CHUNK_BATCHES, used), b,
+                                  device=self.device)
+            s = (firsts[:, None] + offsets[None, :]).flatten()   # plan positions of my images
             idx = plan.order[s]
             images = crop_flip(self.train_x[idx], plan.dx[s], plan.dy[s], plan.flip[s])
-            yield from zip(self.normalize(images).split(b), self.train_y[idx].split(b))
+            yield from zip(self.normalize(images).split(local), self.train_y[idx].split(local))
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         b = self.batch_size
-        for start in range(0, self.val_images, b * CHUNK_BATCHES):
-            s = slice(start, start + b * CHUNK_BATCHES)
+        shard = self.val_shard
+        for start in range(shard.start, shard.stop, b * CHUNK_BATCHES):
+            s = slice(start, min(start + b * CHUNK_BATCHES, shard.stop))
             yield from zip(self.normalize(self.val_x[s]).split(b), self.val_y[s].split(b))

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from trainers.data.bundle import DataBundle, epoch_seed
+from trainers.distributed import Ranks
 from trainers.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,10 +99,13 @@ def _image_folder(root: Path, split: str, transform=None):
 
 
 class ImageFolderData(DataBundle):
-    """Train/val ImageFolders read by `workers` DataLoader processes, batches moved to device."""
+    """Train/val ImageFolders read by `workers` DataLoader processes, batches moved to device.
+
+    With several ranks, each one's loader decodes only its slice of every global batch and
+    its shard of the validation images."""
 
     def __init__(self, root: str | Path, size: int, batch_size: int, seed: int | None,
-                 workers: int, device: torch.device) -> None:
+                 workers: int, device: torch.device, ranks: Ranks = Ranks()) -> None:
         from torchvision import transforms as T
 
         root = Path(root)
@@ -124,20 +128,22 @@ class ImageFolderData(DataBundle):
         self.batch_size = batch_size
         self.seed = seed
         self.workers = workers
+        self.ranks = ranks
         self.train_len = len(train) // batch_size
         self.val_images = len(val)
 
     @classmethod
-    def from_config(cls, config, device: torch.device) -> "ImageFolderData":
+    def from_config(cls, config, device: torch.device,
+                    ranks: Ranks = Ranks()) -> "ImageFolderData":
         size = config.synthetic_image_size if config.synthetic_image_size > 0 else 224
         return cls(config.data_dir, size, config.batch_size, config.seed, config.workers,
-                   device)
+                   device, ranks)
 
     def _loader(self, dataset: Dataset, order: list[int] | None,
                 generator: torch.Generator, drop_last: bool) -> DataLoader:
         # The loader's own generator only seeds worker processes (our transforms ignore
         # them); passing it keeps DataLoader from drawing that seed from the global RNG.
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=order,
+        return DataLoader(dataset, batch_size=self.batch_size // self.ranks.world, sampler=order,
                           num_workers=self.workers, pin_memory=self.device.type == "cuda",
                           drop_last=drop_last, generator=generator)
 
@@ -150,9 +156,14 @@ class ImageFolderData(DataBundle):
         seed = epoch_seed(self.seed, epoch)
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self.train_view), generator=generator).tolist()
+        b, mine = self.batch_size, self.ranks.batch_slice(self.batch_size)
+        # my slice of each whole global batch (the incomplete last one is dropped)
+        order = [i for start in range(0, self.train_len * b, b)
+                 for i in order[start + mine.start:start + mine.stop]]
         self.train_view.epoch_seed = seed
         yield from self._to_device(self._loader(self.train_view, order, generator, True))
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(0)
-        yield from self._to_device(self._loader(self.val_set, None, generator, False))
+        shard = list(range(self.val_images))[self.ranks.shard(self.val_images)]
+        yield from self._to_device(self._loader(self.val_set, shard, generator, False))

@@ -1,0 +1,99 @@
+"""A trial of K workers: the Tune trial launches a Ray Train TorchTrainer running the shared
+trainer on every worker (the pattern Ray 2.60 documents for Train inside Tune).
+
+The Tune trial only coordinates (it holds COORDINATOR_CPU; Ray Train places the K workers
+with the per-worker cpu/gpu). It counts the attempt in the trial store and hands every worker
+the latest checkpoint, so each rank resumes from it. Each worker runs `train()` in the process
+group Ray Train set up (NCCL on GPUs, gloo on CPUs); rank 0 sends every epoch's checkpoint and
+metrics to the store, then all ranks report (Ray Train's report is a barrier) and Tune hears
+rank 0's metrics. A worker that dies fails the Train run, hence the Tune trial, which Tune
+retries from the store like a single-process trial.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# The coordinator's request: Tune cannot place a trial asking for nothing.
+COORDINATOR_CPU = 0.01
+
+
+def run_distributed(params: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.execute.trainable import STORE_NAMESPACE
+
+    payload = params["trial"]
+    trial_id, res = payload["trial_id"], payload["resources"]
+    store = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
+    start = ray.get(store.begin.remote(trial_id))
+    checkpoint = start.pop("checkpoint")
+    per_worker = {"CPU": res["cpu"], "GPU": res["gpu"]} if res["gpu"] else {"CPU": res["cpu"]}
+    storage = Path(tempfile.mkdtemp(prefix=f"onorm-train-{trial_id}-"))
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"params": params, "start": start,
+                           "checkpoint": ray.put(checkpoint) if checkpoint else None},
+        scaling_config=ray.train.ScalingConfig(num_workers=int(res["workers"]),
+                                               use_gpu=res["gpu"] > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"{trial_id}-attempt{start['attempt']}", storage_path=str(storage),
+            callbacks=[TuneReportCallback()],
+            # a lost worker ends this attempt; Tune's retry resumes it from the store
+            failure_config=ray.train.FailureConfig(max_failures=0)))
+    try:
+        trainer.fit()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def worker_loop(loop_config: dict[str, Any]) -> None:
+    """One rank of the trial, inside Ray Train's process group."""
+    import ray
+    import ray.train
+
+    from orchestrator.execute.trainable import (
+        STORE_NAMESPACE,
+        attempt_context,
+        config_from_dict,
+        die_if_asked,
+        ensure_synthetic_data,
+        store_epoch,
+    )
+    from trainers.train import train
+
+    params, start = loop_config["params"], loop_config["start"]
+    payload = params["trial"]
+    trial_id, hooks = payload["trial_id"], params.get("hooks") or {}
+    rank = ray.train.get_context().get_world_rank()
+    config = config_from_dict(payload["config"])
+    ensure_synthetic_data(config, payload.get("synthetic"))
+    store = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
+    context = attempt_context(trial_id, start, config)
+    model_dir = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-rank{rank}-"))
+    resume = None
+    if loop_config["checkpoint"] is not None:
+        resume = model_dir / "resume.pth.tar"
+        resume.write_bytes(ray.get(loop_config["checkpoint"]))
+
+    def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
+        if rank == 0:
+            metrics = store_epoch(store, trial_id, metrics, checkpoint_path)
+        ray.train.report({**metrics, **context, "epoch": int(metrics["epoch"])})
+        if rank == 0:
+            die_if_asked(hooks, start["attempt"], int(metrics["epoch"]))
+
+    try:
+        outcome = train(config, report, model_dir=model_dir, resume=resume, progress=False,
+                        print_freq=0, log=lambda line: print(line, flush=True))
+        if rank == 0:
+            ray.get(store.finish.remote(trial_id, outcome.status))
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
