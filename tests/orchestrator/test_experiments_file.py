@@ -41,8 +41,9 @@ def test_shipped_paper_grids_match_the_paper():
     demo = expand(exps["demo"])
     assert {t.config.norm for t in demo} == {"batch", "group", "layer", "instance", "online",
                                               "none"}
-    assert all(t.resources == {"cpu": 1.0, "gpu": 0.0} for t in demo)
-    assert exps["cifar10"].resources == {"cpu": 2.0, "gpu": 0.25}
+    assert all(t.resources == {"cpu": 1.0, "gpu": 0.0, "workers": 1} for t in demo)
+    assert exps["cifar10"].resources == {"cpu": 2.0, "gpu": 0.25, "workers": 1}
+    assert imagenet[0].resources == {"cpu": 8.0, "gpu": 1.0, "workers": 8}
 
 
 def test_trial_id_ignores_where_the_data_lives_but_not_settings(tmp_path):
@@ -76,7 +77,7 @@ tiny:
 """)
     experiment = load_experiments(path)["tiny"]
     [on_gpu], [on_cpu] = expand(experiment), expand(experiment, cpu_only=True)
-    assert on_gpu.config.device == "cuda:0" and on_gpu.resources == {"cpu": 2, "gpu": 1}
+    assert on_gpu.config.device == "cuda:0" and on_gpu.resources == {"cpu": 2, "gpu": 1, "workers": 1}
     assert on_cpu.config.device == "cpu" and on_cpu.resources == {"cpu": 2, "gpu": 0}
     assert on_cpu.trial_id == on_gpu.trial_id
 
