@@ -14,6 +14,7 @@ _LAZY = {
     "LayerNorm2d": "norms.layer_norm",
     "build_norm": "norms.registry", "materialize": "norms.registry",
     "norm_factory": "norms.registry", "norm_layer_classes": "norms.registry",
+    "convert_sync_norms": "norms.sync", "SyncBatchNorm2d": "norms.sync",
 }
 
 __all__ = ["ECM_MODES", "NORM_MODES", *_LAZY]

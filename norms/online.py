@@ -88,6 +88,14 @@ class _OnlineNorm(nn.Module):
         else:
             self.compensation = nn.Identity()
 
+    # Set by norms.convert_sync_norms: one chain over the global batch of a process group.
+    synchronized = False
+    process_group: object = None
+
+    def synchronize(self, process_group: object = None) -> None:
+        """Run the recurrences over every rank's samples (see norms.sync)."""
+        self.synchronized, self.process_group = True, process_group
+
     def reset_running_stats(self) -> None:
         self.m.zero_()
         self.var.fill_(1)
@@ -100,11 +108,22 @@ class _OnlineNorm(nn.Module):
                              f"{dims}-d input with {self.num_features} channels, got shape "
                              f"{tuple(x.shape)}")
 
+    def _chain(self):
+        if not self.synchronized:
+            return None
+        import torch.distributed as dist
+
+        if not (dist.is_initialized() and dist.get_world_size(self.process_group) > 1):
+            return None
+        from norms.sync import SampleChain
+
+        return SampleChain(self.process_group)
+
     def _forward4d(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return OnlineNormFunction.apply(
                 x, self.weight, self.bias, self.m, self.var, self.u, self.v, self.alpha_fwd,
-                self.alpha_bkw, self.eps, self.ecm, self.ls_eps, self.clamp_val)
+                self.alpha_bkw, self.eps, self.ecm, self.ls_eps, self.clamp_val, self._chain())
         scale = (self.var.double() + self.eps).rsqrt()
         shift = -self.m.double() * scale
         y = torch.addcmul(shift.to(x.dtype)[:, None, None], x, scale.to(x.dtype)[:, None, None])

@@ -13,6 +13,12 @@ factors (layer scaling) as (1, N) rows.
 
 The Function never sees the module: the state buffers come in as tensors and are updated in
 place, so deep copies, pickling and DDP replicas each keep their own state.
+
+With a `chain` (norms.sync.SampleChain, in a data-parallel trial) the recurrences run over
+the samples of every rank: the per-sample statistics are all-gathered before each recurrence
+and each rank keeps its own columns after it; what feeds the control state is divided by the
+world size (each rank's gradient is that many times the one-device one) and the state's share
+of the input gradient multiplied back.
 """
 
 from __future__ import annotations
@@ -44,18 +50,22 @@ class OnlineNormFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
                 u: torch.Tensor, v: torch.Tensor, alpha_fwd: float, alpha_bkw: float,
-                eps: float, ecm: str, ls_eps: float, clamp_val: float) -> torch.Tensor:
+                eps: float, ecm: str, ls_eps: float, clamp_val: float,
+                chain: Any = None) -> torch.Tensor:
         a = alpha_fwd
         mu, s2 = passes.spatial_stats(x)
+        batch_mu, batch_s2 = (chain.gather(mu), chain.gather(s2)) if chain else (mu, s2)
         # Mean and variance states seen by each sample (columns 0..N-1) and after the batch (N).
-        m_all = constant_decay(m, mu, a, 1.0 - a)
+        m_all = constant_decay(m, batch_mu, a, 1.0 - a)
         m_i = m_all[:, :-1]
-        d = mu - m_i
+        d = batch_mu - m_i
         # (1-a)*s2 + a*(1-a)*d^2 = (1-a)*(s2 + a*d^2)
-        var_all = constant_decay(var, torch.addcmul(s2, d, d, value=a), a, 1.0 - a)
+        var_all = constant_decay(var, torch.addcmul(batch_s2, d, d, value=a), a, 1.0 - a)
         r = var_all[:, :-1].add(eps).rsqrt_()
         m.copy_(m_all[:, -1])
         var.copy_(var_all[:, -1])
+        if chain:   # from here on, this rank's samples only
+            m_i, d, r = chain.local(m_i), chain.local(d), chain.local(r)
 
         # z = a0*x + b0 = w*y + b, y = (x - m_i)*r; float32 parameters promote to float64.
         a0 = r * weight[:, None] if weight is not None else r
@@ -85,6 +95,7 @@ class OnlineNormFunction(torch.autograd.Function):
         ctx.small = (mu, s2, d, m_i, r, a0, mean_z, f, k_scale, scale, shift)
         ctx.state = (u, v)
         ctx.config = (alpha_bkw, ecm, clamp_val)
+        ctx.chain = chain
         return out
 
     @staticmethod
@@ -94,6 +105,7 @@ class OnlineNormFunction(torch.autograd.Function):
         mu, s2, d, m_i, r, a0, mean_z, f, k_scale, scale, shift = ctx.small
         u, v = ctx.state
         beta, ecm, clamp_val = ctx.config
+        chain = ctx.chain
         hw = x.shape[2] * x.shape[3]
 
         grad = grad_out
@@ -128,12 +140,24 @@ class OnlineNormFunction(torch.autograd.Function):
         w_hw = weight.double()[:, None] / hw if weight is not None else 1.0 / hw
         r2 = r * r
         coef = torch.addcmul(_one(r.device), r2, torch.addcmul(s2, d, d), value=-one_b)
-        v_all = varying_decay(v, coef, sum_dzy * w_hw)
-        v_i = v_all[:, :-1]
-        mean_t = torch.addcmul(sum_dz * w_hw, v_i, r * d, value=-one_b)
-        u_all = constant_decay(u, r * mean_t, beta, 1.0)
+        if chain:
+            # at one-device scale: each rank's gradient is `world` times the one-device one
+            mean_dz = sum_dz * (w_hw / chain.world)
+            v_all = varying_decay(v, chain.gather(coef),
+                                  chain.gather(sum_dzy * (w_hw / chain.world)))
+            v_i = chain.local(v_all[:, :-1])
+        else:
+            mean_dz = sum_dz * w_hw
+            v_all = varying_decay(v, coef, sum_dzy * w_hw)
+            v_i = v_all[:, :-1]
+        mean_t = torch.addcmul(mean_dz, v_i, r * d, value=-one_b)
+        u_in = r * mean_t
+        u_all = constant_decay(u, chain.gather(u_in) if chain else u_in, beta, 1.0)
+        u_i = chain.local(u_all[:, :-1]) if chain else u_all[:, :-1]
         u.copy_(u_all[:, -1])
         v.copy_(v_all[:, -1])
+        if chain:   # the state's terms back at this rank's gradient scale
+            v_i, u_i = v_i * chain.world, u_i * chain.world
 
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -143,7 +167,7 @@ class OnlineNormFunction(torch.autograd.Function):
             q = v_i * r2.mul_(one_b)
             if ka0 is not None:
                 q.addcmul_(ka0, a0)
-            c = torch.addcmul(u_all[:, :-1].mul(-one_b), q, m_i)
+            c = torch.addcmul(u_i.mul(-one_b), q, m_i)
             # the last op writes the pass's coefficient: float64 until that one rounding
             c_out = passes.coefficient(x)
             if ka0 is not None and bias is not None:
@@ -151,4 +175,4 @@ class OnlineNormFunction(torch.autograd.Function):
             else:
                 c_out.copy_(c)
             grad_x = passes.combine(grad, x, scale, q, c_out)
-        return (grad_x, grad_weight, grad_bias) + (None,) * 10
+        return (grad_x, grad_weight, grad_bias) + (None,) * 11

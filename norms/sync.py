@@ -1,0 +1,147 @@
+"""Normalizers that keep their one-device meaning across the ranks of a data-parallel trial.
+
+`convert_sync_norms(module)` makes every batch norm normalize over the global batch (torch's
+SyncBatchNorm on CUDA; `SyncBatchNorm2d` below elsewhere, since torch's refuses CPU modules)
+and switches every Online Norm to one chain over the global batch: each rank all-gathers the
+per-sample statistics of its slice (small (C, n) tensors, never activations), runs the
+recurrences over all samples in rank order and keeps its own part, forward and backward, so
+the state buffers come out identical on every rank and equal to one process's. Group, layer,
+instance and no normalization work per sample and need nothing.
+
+Each rank's loss is the mean over its own slice and DDP averages the gradients, so the
+gradient reaching a layer on a rank is world-size times the one-device one. Batch norm's
+backward is linear in it; Online Norm's control state (u, v) would scale with it, so the chain
+divides what feeds the state by the world size and multiplies the state's share of the input
+gradient back: the buffers, and so a checkpoint, mean the same for any number of ranks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def _world(group: Any) -> int:
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+class SampleChain:
+    """The global batch's samples, in rank order, for per-sample (C, n) tensors."""
+
+    def __init__(self, group: Any = None):
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(C, n) on every rank -> (C, world * n), rank r's samples in columns r*n..(r+1)*n."""
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous(), group=self.group)
+        return torch.cat(parts, dim=1)
+
+    def local(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's columns of a (C, world * n) tensor."""
+        n = t.shape[1] // self.world
+        return t[:, self.rank * n:(self.rank + 1) * n]
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """Batch norm with statistics over the global batch, by all-reduced per-channel sums."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, running_mean: torch.Tensor,
+                running_var: torch.Tensor, eps: float, momentum: float, group: Any
+                ) -> torch.Tensor:
+        dims = (0, 2, 3)
+        x64 = x.double()
+        local = torch.stack([x64.sum(dims), x64.square().sum(dims),
+                             torch.full_like(x64[0, :, 0, 0], x[:, 0].numel())])
+        dist.all_reduce(local, group=group)
+        total, total_sq, count = local[0], local[1], local[2, 0]   # count: every channel's
+        mean = total / count
+        var = (total_sq / count - mean * mean).clamp_min_(0)
+        invstd = (var + eps).rsqrt()
+        with torch.no_grad():
+            unbiased = var * (count / (count - 1).clamp_min(1))
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+        xhat = (x64 - mean[:, None, None]) * invstd[:, None, None]
+        out = xhat
+        if weight is not None:
+            out = out * weight.double()[:, None, None] + bias.double()[:, None, None]
+        ctx.save_for_backward(xhat, invstd, weight, count)
+        ctx.group = group
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        xhat, invstd, weight, count = ctx.saved_tensors
+        g = grad.double()
+        dims = (0, 2, 3)
+        local_dy, local_dy_xhat = g.sum(dims), (g * xhat).sum(dims)
+        sums = torch.stack([local_dy, local_dy_xhat])
+        dist.all_reduce(sums, group=ctx.group)
+        sum_dy, sum_dy_xhat = sums
+        scale = invstd * weight.double() if weight is not None else invstd
+        grad_x = (g - sum_dy[:, None, None] / count
+                  - xhat * (sum_dy_xhat / count)[:, None, None]) * scale[:, None, None]
+        grad_w = grad_b = None
+        if weight is not None:   # this rank's slice: DDP averages them over the ranks
+            grad_w, grad_b = local_dy_xhat.to(weight.dtype), local_dy.to(weight.dtype)
+        return grad_x.to(grad.dtype), grad_w, grad_b, None, None, None, None, None
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are over every rank's batch (any device).
+
+    Same parameters and buffers as BatchNorm2d, so checkpoints load either way."""
+
+    process_group: Any = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or _world(self.process_group) == 1:
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)
+        return _SyncBatchNormFunction.apply(x, self.weight, self.bias, self.running_mean,
+                                            self.running_var, self.eps, self.momentum,
+                                            self.process_group)
+
+
+def _sync_batch_norm(bn: nn.BatchNorm2d, group: Any) -> nn.Module:
+    on_cuda = any(t.is_cuda for t in (*bn.parameters(), *bn.buffers()))
+    if on_cuda:
+        synced: nn.Module = nn.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine,
+                                             bn.track_running_stats, process_group=group)
+    else:
+        synced = SyncBatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine,
+                                 bn.track_running_stats)
+        synced.process_group = group
+    like = next(iter((*bn.parameters(), bn.running_mean)))   # the layer's device and dtype
+    synced.to(device=like.device, dtype=like.dtype)
+    synced.load_state_dict(bn.state_dict())
+    return synced
+
+
+def convert_sync_norms(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """`module` with every batch norm synchronized and every Online Norm on one chain over
+    the global batch (see the module docstring); returns the (possibly new) root module.
+
+    Batch norms are replaced by synchronized ones holding the same parameters and buffers
+    (build the optimizer after converting); Online Norm layers are switched in place.
+    """
+    from norms.online import _OnlineNorm
+
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
+        return _sync_batch_norm(module, process_group)
+    if isinstance(module, _OnlineNorm):
+        module.synchronize(process_group)
+        return module
+    for name, child in module.named_children():
+        converted = convert_sync_norms(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
