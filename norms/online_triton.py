@@ -46,6 +46,15 @@ def _launch(kernel: Any, grid: tuple[int], *args: Any, **meta: Any) -> None:
     kernel[grid](*args, **meta)
 
 
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer the kernels write (tests surround them with NaN to catch stray reads)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(t)
+
+
 def _pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 
@@ -106,7 +115,7 @@ def _pair_sums(kernel, tensors: tuple[torch.Tensor, ...], strides: tuple[tuple[i
     n_cb = _cdiv(c, block_c)
     programs = _cdiv(n, block_ns) * n_cb
     split, per_split = _split(programs, _cdiv(hw, block_hw))
-    sums = torch.empty((2, split, n, c), dtype=torch.float64, device=tensors[0].device)
+    sums = _empty((2, split, n, c), torch.float64, tensors[0].device)
     flat = [s for stride in strides for s in stride]
     _launch(kernel, (programs * split,), *tensors, *extra, sums, n, c, hw, *flat, n_cb,
             per_split, SPLIT=split, BLOCK_NS=block_ns, BLOCK_C=block_c, BLOCK_HW=block_hw,
@@ -189,8 +198,8 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
     clamp = float(clamp_val) if ecm == "ac" else 0.0
 
     sums = _pair_sums(kernels.spatial_sums_kernel, (x,), (x_strides,), (n, c, hw), (), {})
-    saved = torch.empty((4, n, c), dtype=torch.float64, device=device)
-    coef = torch.empty((2, n, c), dtype=_compute_dtype(x), device=device)
+    saved = _empty((4, n, c), torch.float64, device)
+    coef = _empty((2, n, c), _compute_dtype(x), device)
     block_n, block_c = _scan_blocks(n, c)
     _launch(kernels.forward_scan_kernel, (_cdiv(c, block_c),),
             sums, m, var, w_arg, b_arg, saved, coef, n, c, hw, ALPHA=float(alpha_fwd),
@@ -199,12 +208,12 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
     del sums
     fk = None
     if ecm == "ls":
-        fk = torch.empty((2, n), dtype=torch.float64, device=device)   # f, then k
+        fk = _empty((2, n), torch.float64, device)   # f, then k
         _launch(kernels.layer_scale_kernel, (_cdiv(n, LS_ROWS),),
                 saved, w_arg, b_arg, fk, coef, n, c, LS_EPS=float(ls_eps), BLOCK_N=LS_ROWS,
                 BLOCK_C=min(_pow2(c), LS_COLS), HAS_AFFINE=affine)
 
-    out = torch.empty_like(x)
+    out = _empty_like(x)
     out_strides = _spatial_strides(out)[1]
     grid, blocks, sizes = _pass_launch(n, c, hw, x_strides)
     _launch(kernels.scale_shift_kernel, grid,
@@ -238,9 +247,9 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
         _launch(kernels.grad_layer_scale_kernel, (_cdiv(n, LS_ROWS),),
                 sums, saved, w_arg, b_arg, fk, n, c, hw, SPLIT=split, BLOCK_N=LS_ROWS,
                 BLOCK_C=min(_pow2(c), LS_COLS), HAS_AFFINE=affine)
-    grad_weight = torch.empty_like(weight) if affine else None
-    grad_bias = torch.empty_like(bias) if affine else None
-    back_coef = torch.empty_like(coef)      # Q, R
+    grad_weight = _empty_like(weight) if affine else None
+    grad_bias = _empty_like(bias) if affine else None
+    back_coef = _empty_like(coef)      # Q, R
     block_n, block_c = _scan_blocks(n, c)
     _launch(kernels.backward_scan_kernel, (_cdiv(c, block_c),),
             sums, saved, fk if fk is not None else saved, w_arg, b_arg, u, v,
@@ -251,7 +260,7 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
 
     grad_x = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.empty_like(x)
+        grad_x = _empty_like(x)
         out_strides = _spatial_strides(grad_x)[1]
         grid, blocks, sizes = _pass_launch(n, c, hw, x_strides)
         _launch(kernels.combine_kernel, grid,

@@ -329,21 +329,23 @@ def grad_layer_scale_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, N, C, HW,
 
 
 @triton.jit
-def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, c, mask, N, C, HW,
+def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, row_ok, c, c_ok, N, C, HW,
                    ONE_B: tl.constexpr, ECM: tl.constexpr, SPLIT: tl.constexpr):
-    """Per (n, c) of samples `rows`, what the control process needs: v's coefficient
-    1 - (1-b)*E[y^2] and input E[g*y], E[g], E[y] = r*d, r, the per-(n, c) sums of dL/dz and
-    dL/dz*y (the affine gradients), and the layer-scaling k*A0 (0 without it). All 0 where
-    masked, except the coefficient 1 (an identity map)."""
+    """Per (n, c) of samples `rows` (where row_ok), what the control process needs: v's
+    coefficient 1 - (1-b)*E[y^2] and input E[g*y], E[g], E[y] = r*d, r, m_i, A0, the
+    layer-scaling k*A0 (0 without it), and the per-(n, c) sums of dL/dz and dL/dz*y (the
+    affine gradients). Where masked: all 0 and the coefficient 1, an identity map, whatever
+    lies in memory there (shifted rows index -1 and -2 at a batch's start)."""
+    mask = row_ok[:, None] & c_ok[None, :]
     offs = rows[:, None] * C + c[None, :]
     sum_g, sum_gxc = _split_sums(sums_ptr, offs, mask, N, C, SPLIT)
     r, m_i, d, s2, a0, mean_z = _affine_terms(saved_ptr, w, b, offs, mask, N, C)
     if ECM == ECM_LS:
-        f = tl.load(fk_ptr + rows, mask=rows < N, other=0.0)[:, None]
-        k = tl.load(fk_ptr + N + rows, mask=rows < N, other=0.0)[:, None]
+        f = tl.load(fk_ptr + rows, mask=row_ok, other=0.0)[:, None]
+        k = tl.load(fk_ptr + N + rows, mask=row_ok, other=0.0)[:, None]
         ka0 = k * a0
         # dL/dz = f*G - k*z, z = A0*(x - mu) + E[z]
-        sum_dz = f * sum_g - (k * HW) * mean_z
+        sum_dz = tl.where(mask, f * sum_g - (k * HW) * mean_z, 0.0)
         sum_dzxc = f * sum_gxc - (ka0 * HW) * s2
     else:
         ka0 = tl.zeros_like(r)
@@ -351,7 +353,7 @@ def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, c, mask, N, C, HW,
         sum_dzxc = sum_gxc
     sum_dzy = r * (sum_dzxc + d * sum_dz)           # y = (x - m_i)*r = r*(x - mu) + r*d
     w_hw = w[None, :] / HW                          # g = w*dz at the core output y
-    coef = 1.0 - ONE_B * (r * r) * (s2 + d * d)
+    coef = tl.where(mask, 1.0 - ONE_B * (r * r) * (s2 + d * d), 1.0)
     return coef, sum_dzy * w_hw, sum_dz * w_hw, r * d, r, m_i, a0, ka0, sum_dz, sum_dzy
 
 
@@ -376,15 +378,18 @@ def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr
     ty = coef_ptr.dtype.element_ty
     for n0 in range(0, N, BLOCK_N):
         i = n0 + j
-        ok0 = (i < N)[:, None] & c_ok[None, :]
-        ok1 = ((j >= 1) & (i <= N))[:, None] & c_ok[None, :]    # sample i-1, same chunk
-        ok2 = ((j >= 2) & (i <= N + 1))[:, None] & c_ok[None, :]
+        row0, row1, row2 = i < N, (j >= 1) & (i <= N), (j >= 2) & (i <= N + 1)
+        ok0 = row0[:, None] & c_ok[None, :]
+        ok1 = row1[:, None] & c_ok[None, :]      # sample i-1, in this chunk
         coef0, ev0, eg0, ey0, r0, m0, a0, ka0, sum_dz, sum_dzy = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i, c, ok0, N, C, HW, 1 - BETA, ECM, SPLIT)
+            sums_ptr, saved_ptr, fk_ptr, w, b, i, row0, c, c_ok, N, C, HW, 1 - BETA, ECM,
+            SPLIT)
         coef1, ev1, eg1, ey1, r1, _, _, _, _, _ = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i - 1, c, ok1, N, C, HW, 1 - BETA, ECM, SPLIT)
+            sums_ptr, saved_ptr, fk_ptr, w, b, i - 1, row1, c, c_ok, N, C, HW, 1 - BETA, ECM,
+            SPLIT)
         coef2, ev2, _, _, _, _, _, _, _, _ = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i - 2, c, ok2, N, C, HW, 1 - BETA, ECM, SPLIT)
+            sums_ptr, saved_ptr, fk_ptr, w, b, i - 2, row2, c, c_ok, N, C, HW, 1 - BETA, ECM,
+            SPLIT)
         # v before sample i and before sample i-1 (masked rows are identity maps).
         v_i = _states(coef1, ev1, v_s)
         v_prev = _states(coef2, ev2, v_s)
