@@ -13,6 +13,7 @@ triton.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -32,9 +33,11 @@ SUM_TILE = 1024
 TARGET_PROGRAMS = 1024
 MAX_SPLIT = 16
 # The scan kernels hold [BLOCK_N, BLOCK_C] float64 tiles, about 30 of them live at once in
-# the backward: SCAN_TILE elements per program keeps that within registers; longer batches
-# run as chunks of MAX_SCAN_ROWS samples.
+# the backward: SCAN_TILE elements per program keeps that within registers. Batches of up to
+# SHORT_SCAN_ROWS samples take tiles of that many rows, longer ones MAX_SCAN_ROWS (in chunks
+# beyond): two sizes, not one per batch size, so that few variants compile.
 SCAN_TILE = 256
+SHORT_SCAN_ROWS = 32
 MAX_SCAN_ROWS = 256
 # Programs of the per-sample (layer-scaling) kernels: samples per program, channels per step.
 LS_ROWS = 16
@@ -53,6 +56,18 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 def _empty_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t)
+
+
+@functools.cache
+def _constants(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The float64 tensor of a layer's constants (alpha_fwd, eps, alpha_bkw, ls_eps, clamp,
+    in the kernels' K_* order), made once per value and device. Filled on the device, not
+    copied from the host (a copy would make the host wait, once). Kept for the process's
+    life: a captured CUDA graph keeps reading its address."""
+    consts = torch.empty(len(values), dtype=torch.float64, device=device)
+    for i, value in enumerate(values):
+        consts[i].fill_(value)
+    return consts
 
 
 def _pow2(n: int) -> int:
@@ -77,7 +92,7 @@ def _spatial_strides(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int
     return _spatial_strides(t)
 
 
-def _pass_blocks(n: int, c: int, hw: int, strides: tuple[int, int, int], tile: int
+def _pass_blocks(c: int, hw: int, strides: tuple[int, int, int], tile: int
                  ) -> tuple[int, int, int]:
     """(BLOCK_NS, BLOCK_C, BLOCK_HW) of a pass's tile. Within a sample, its long side runs
     along the dimension that is contiguous in memory (positions for NCHW, channels for
@@ -90,7 +105,8 @@ def _pass_blocks(n: int, c: int, hw: int, strides: tuple[int, int, int], tile: i
     else:
         block_hw = min(_pow2(hw), tile)
         block_c = min(_pow2(c), max(1, tile // block_hw))
-    return min(_pow2(n), max(1, tile // (block_c * block_hw))), block_c, block_hw
+    # Samples per tile from the sample size alone (not N), so batch sizes share variants.
+    return max(1, tile // (block_c * block_hw)), block_c, block_hw
 
 
 def _split(programs: int, chunks: int) -> tuple[int, int]:
@@ -101,7 +117,7 @@ def _split(programs: int, chunks: int) -> tuple[int, int]:
 
 
 def _scan_blocks(n: int, c: int) -> tuple[int, int]:
-    block_n = min(_pow2(n), MAX_SCAN_ROWS)
+    block_n = min(SHORT_SCAN_ROWS if n <= SHORT_SCAN_ROWS else MAX_SCAN_ROWS, MAX_SCAN_ROWS)
     return block_n, min(_pow2(c), max(1, SCAN_TILE // block_n))
 
 
@@ -111,7 +127,7 @@ def _pair_sums(kernel, tensors: tuple[torch.Tensor, ...], strides: tuple[tuple[i
     """Launch a per-(n, c) reduction over H*W (spatial_sums or grad_sums): float64
     (2, SPLIT, N, C) partial sums."""
     n, c, hw = shape
-    block_ns, block_c, block_hw = _pass_blocks(n, c, hw, strides[-1], SUM_TILE)
+    block_ns, block_c, block_hw = _pass_blocks(c, hw, strides[-1], SUM_TILE)
     n_cb = _cdiv(c, block_c)
     programs = _cdiv(n, block_ns) * n_cb
     split, per_split = _split(programs, _cdiv(hw, block_hw))
@@ -126,7 +142,7 @@ def _pair_sums(kernel, tensors: tuple[torch.Tensor, ...], strides: tuple[tuple[i
 def _pass_launch(n: int, c: int, hw: int, strides: tuple[int, int, int]
                  ) -> tuple[tuple[int], tuple[int, int], dict[str, int]]:
     """Grid, (channel blocks, spatial blocks) and block sizes of an elementwise pass."""
-    block_ns, block_c, block_hw = _pass_blocks(n, c, hw, strides, PASS_TILE)
+    block_ns, block_c, block_hw = _pass_blocks(c, hw, strides, PASS_TILE)
     n_cb, n_hb = _cdiv(c, block_c), _cdiv(hw, block_hw)
     return ((_cdiv(n, block_ns) * n_cb * n_hb,), (n_cb, n_hb),
             {"BLOCK_NS": block_ns, "BLOCK_C": block_c, "BLOCK_HW": block_hw})
@@ -194,36 +210,35 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
     affine = weight is not None
     w_arg, b_arg = _params(weight, bias, x)
     device = x.device
-    # The clamp is a compile-time constant: fixed when unused, so other modes compile once.
-    clamp = float(clamp_val) if ecm == "ac" else 0.0
+    consts = _constants((float(alpha_fwd), float(eps), float(alpha_bkw), float(ls_eps),
+                         float(clamp_val)), device)
 
     sums = _pair_sums(kernels.spatial_sums_kernel, (x,), (x_strides,), (n, c, hw), (), {})
     saved = _empty((4, n, c), torch.float64, device)
     coef = _empty((2, n, c), _compute_dtype(x), device)
     block_n, block_c = _scan_blocks(n, c)
     _launch(kernels.forward_scan_kernel, (_cdiv(c, block_c),),
-            sums, m, var, w_arg, b_arg, saved, coef, n, c, hw, ALPHA=float(alpha_fwd),
-            EPS=float(eps), SPLIT=sums.shape[1], BLOCK_N=block_n, BLOCK_C=block_c,
-            HAS_AFFINE=affine, WRITE_COEF=ecm != "ls")
+            sums, m, var, w_arg, b_arg, saved, coef, consts, n, c, hw, SPLIT=sums.shape[1],
+            BLOCK_N=block_n, BLOCK_C=block_c, HAS_AFFINE=affine, WRITE_COEF=ecm != "ls")
     del sums
     fk = None
     if ecm == "ls":
         fk = _empty((2, n), torch.float64, device)   # f, then k
         _launch(kernels.layer_scale_kernel, (_cdiv(n, LS_ROWS),),
-                saved, w_arg, b_arg, fk, coef, n, c, LS_EPS=float(ls_eps), BLOCK_N=LS_ROWS,
+                saved, w_arg, b_arg, fk, coef, consts, n, c, BLOCK_N=LS_ROWS,
                 BLOCK_C=min(_pow2(c), LS_COLS), HAS_AFFINE=affine)
 
     out = _empty_like(x)
     out_strides = _spatial_strides(out)[1]
     grid, blocks, sizes = _pass_launch(n, c, hw, x_strides)
     _launch(kernels.scale_shift_kernel, grid,
-            x, coef, out, n, c, hw, *x_strides, *out_strides, *blocks, ECM=_ECM[ecm],
-            CLAMP=clamp, **sizes)
+            x, coef, out, consts, n, c, hw, *x_strides, *out_strides, *blocks, ECM=_ECM[ecm],
+            **sizes)
 
     ctx.save_for_backward(x, weight, bias)
     ctx.small = (saved, coef, fk)
     ctx.state = (u, v)
-    ctx.config = (float(alpha_bkw), ecm, clamp)
+    ctx.config = (consts, ecm)
     return out
 
 
@@ -231,7 +246,7 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
     x, weight, bias = ctx.saved_tensors
     saved, coef, fk = ctx.small
     u, v = ctx.state
-    beta, ecm, clamp = ctx.config
+    consts, ecm = ctx.config
     n, c, h, w = x.shape
     hw = h * w
     _, x_strides = _spatial_strides(x)
@@ -241,7 +256,7 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
     device = x.device
 
     sums = _pair_sums(kernels.grad_sums_kernel, (grad_out, x), (g_strides, x_strides),
-                      (n, c, hw), (saved, coef), {"ECM": _ECM[ecm], "CLAMP": clamp})
+                      (n, c, hw), (saved, coef, consts), {"ECM": _ECM[ecm]})
     split = sums.shape[1]
     if ecm == "ls":
         _launch(kernels.grad_layer_scale_kernel, (_cdiv(n, LS_ROWS),),
@@ -253,8 +268,8 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
     block_n, block_c = _scan_blocks(n, c)
     _launch(kernels.backward_scan_kernel, (_cdiv(c, block_c),),
             sums, saved, fk if fk is not None else saved, w_arg, b_arg, u, v,
-            grad_weight if affine else x, grad_bias if affine else x, back_coef, n, c, hw,
-            BETA=beta, ECM=_ECM[ecm], SPLIT=split, BLOCK_N=block_n, BLOCK_C=block_c,
+            grad_weight if affine else x, grad_bias if affine else x, back_coef, consts, n, c,
+            hw, ECM=_ECM[ecm], SPLIT=split, BLOCK_N=block_n, BLOCK_C=block_c,
             HAS_AFFINE=affine)
     del sums
 
@@ -264,6 +279,6 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
         out_strides = _spatial_strides(grad_x)[1]
         grid, blocks, sizes = _pass_launch(n, c, hw, x_strides)
         _launch(kernels.combine_kernel, grid,
-                grad_out, x, coef, back_coef, grad_x, n, c, hw, *g_strides, *x_strides,
-                *out_strides, *blocks, ECM=_ECM[ecm], CLAMP=clamp, **sizes)
+                grad_out, x, coef, back_coef, grad_x, consts, n, c, hw, *g_strides,
+                *x_strides, *out_strides, *blocks, ECM=_ECM[ecm], **sizes)
     return (grad_x, grad_weight, grad_bias) + (None,) * 10

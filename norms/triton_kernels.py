@@ -40,8 +40,9 @@ before sample i-1 (var's on m, u's on v), a second scan with inputs shifted by t
 that state.
 
 All statistics and recurrences run in float64 (DESIGN.md: 0.999 rounded to float32 is off
-by 1e-5); float constants arrive as constexprs and always meet a float64 tensor first, since
-Triton rounds a lone Python float to float32. The passes compute in the dtype of the
+by 1e-5), the layer's float constants included (read from a float64 tensor). Sizes that only
+bound masks and loops are not specialized on (do_not_specialize), so that fewer shapes
+compile kernels of their own. The passes compute in the dtype of the
 coefficients, float32 (float64 for float64 inputs), and read and write the big tensors in
 their own dtype and strides.
 """
@@ -51,6 +52,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
+
+# The float constants of a layer arrive as one float64 tensor (a Python float argument would
+# arrive in float32; as constexprs, every value of a decay would compile its own kernels).
+K_ALPHA: tl.constexpr = tl.constexpr(0)
+K_EPS: tl.constexpr = tl.constexpr(1)
+K_BETA: tl.constexpr = tl.constexpr(2)
+K_LS_EPS: tl.constexpr = tl.constexpr(3)
+K_CLAMP: tl.constexpr = tl.constexpr(4)
 
 # Error-compensation modes as compile-time integers.
 ECM_NONE: tl.constexpr = tl.constexpr(0)
@@ -82,7 +91,7 @@ def _nc_load(ptr, n, c, mask2, C):
     return tl.load(ptr + n[:, None] * C + c[None, :], mask=mask2, other=0.0)[:, :, None]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "N_CB", "CHUNKS"])
 def spatial_sums_kernel(x_ptr, sums_ptr, N, C, HW, sx_n, sx_c, sx_hw, N_CB, CHUNKS,
                         SPLIT: tl.constexpr, BLOCK_NS: tl.constexpr, BLOCK_C: tl.constexpr,
                         BLOCK_HW: tl.constexpr):
@@ -155,10 +164,9 @@ def _params(w_ptr, b_ptr, c, c_ok, BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constex
     return w, b
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def forward_scan_kernel(sums_ptr, m_ptr, var_ptr, w_ptr, b_ptr, saved_ptr, coef_ptr,
-                        N, C, HW, ALPHA: tl.constexpr, EPS: tl.constexpr,
-                        SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                        consts_ptr, N, C, HW, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                         HAS_AFFINE: tl.constexpr, WRITE_COEF: tl.constexpr):
     """m, var over the batch; saved[0..3] = mu, s2, m_i, r_i = 1/sqrt(var_i + eps); without
     layer scaling also the pass coefficients A = r*w, B = b - A*m_i."""
@@ -168,7 +176,10 @@ def forward_scan_kernel(sums_ptr, m_ptr, var_ptr, w_ptr, b_ptr, saved_ptr, coef_
     w, b = _params(w_ptr, b_ptr, c, c_ok, BLOCK_C, HAS_AFFINE)
     m_s = tl.load(m_ptr + c, mask=c_ok, other=0.0).to(tl.float64)
     var_s = tl.load(var_ptr + c, mask=c_ok, other=1.0).to(tl.float64)
-    alpha = tl.full([BLOCK_N, BLOCK_C], ALPHA, tl.float64)
+    alpha_s = tl.load(consts_ptr + K_ALPHA)
+    one_a = 1.0 - alpha_s
+    eps = tl.load(consts_ptr + K_EPS)
+    alpha = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float64) + alpha_s
     for n0 in range(0, N, BLOCK_N):
         i = n0 + j
         ok0 = (i < N)[:, None] & c_ok[None, :]
@@ -178,13 +189,13 @@ def forward_scan_kernel(sums_ptr, m_ptr, var_ptr, w_ptr, b_ptr, saved_ptr, coef_
         mu1, s2_1 = _moments(sums_ptr, i - 1, c, ok1, N, C, HW, SPLIT)
         mu2, _ = _moments(sums_ptr, i - 2, c, ok2, N, C, HW, SPLIT)
         # m_{i+1} = a*m_i + (1-a)*mu_i: m before sample i, and before sample i-1.
-        m_i = _states(tl.where(ok1, alpha, 1.0), tl.where(ok1, (1 - ALPHA) * mu1, 0.0), m_s)
-        m_prev = _states(tl.where(ok2, alpha, 1.0), tl.where(ok2, (1 - ALPHA) * mu2, 0.0), m_s)
+        m_i = _states(tl.where(ok1, alpha, 1.0), tl.where(ok1, one_a * mu1, 0.0), m_s)
+        m_prev = _states(tl.where(ok2, alpha, 1.0), tl.where(ok2, one_a * mu2, 0.0), m_s)
         # var_{i+1} = a*var_i + (1-a)*(s2_i + a*d_i^2), d_i = mu_i - m_i.
         d1 = mu1 - m_prev
         var_i = _states(tl.where(ok1, alpha, 1.0),
-                        tl.where(ok1, (1 - ALPHA) * (s2_1 + ALPHA * d1 * d1), 0.0), var_s)
-        r = 1.0 / tl.sqrt(var_i + EPS)
+                        tl.where(ok1, one_a * (s2_1 + alpha_s * d1 * d1), 0.0), var_s)
+        r = 1.0 / tl.sqrt(var_i + eps)
         offs = i[:, None] * C + c[None, :]
         tl.store(saved_ptr + offs, mu0, mask=ok0)
         tl.store(saved_ptr + N * C + offs, s2_0, mask=ok0)
@@ -198,8 +209,8 @@ def forward_scan_kernel(sums_ptr, m_ptr, var_ptr, w_ptr, b_ptr, saved_ptr, coef_
         # The state after the chunk's last sample starts the next chunk.
         is_last = j == tl.minimum(N - n0, BLOCK_N) - 1
         d0 = mu0 - m_i
-        var_s = _last_row(ALPHA * var_i + (1 - ALPHA) * (s2_0 + ALPHA * d0 * d0), is_last)
-        m_s = _last_row(ALPHA * m_i + (1 - ALPHA) * mu0, is_last)
+        var_s = _last_row(alpha_s * var_i + one_a * (s2_0 + alpha_s * d0 * d0), is_last)
+        m_s = _last_row(alpha_s * m_i + one_a * mu0, is_last)
     tl.store(m_ptr + c, m_s.to(m_ptr.dtype.element_ty), mask=c_ok)
     tl.store(var_ptr + c, var_s.to(var_ptr.dtype.element_ty), mask=c_ok)
 
@@ -217,8 +228,8 @@ def _affine_terms(saved_ptr, w, b, offs, mask, N, C):
     return r, m_i, d, s2, a0, a0 * d + b[None, :]
 
 
-@triton.jit
-def layer_scale_kernel(saved_ptr, w_ptr, b_ptr, f_ptr, coef_ptr, N, C, LS_EPS: tl.constexpr,
+@triton.jit(do_not_specialize=["N"])
+def layer_scale_kernel(saved_ptr, w_ptr, b_ptr, f_ptr, coef_ptr, consts_ptr, N, C,
                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                        HAS_AFFINE: tl.constexpr):
     """f_n = 1/sqrt(mean over (c, hw) of z^2 + ls_eps), from E[z^2] = A0^2*s2 + E[z]^2
@@ -234,7 +245,7 @@ def layer_scale_kernel(saved_ptr, w_ptr, b_ptr, f_ptr, coef_ptr, N, C, LS_EPS: t
         r, m_i, d, s2, a0, mean_z = _affine_terms(saved_ptr, w, b, rows[:, None] * C + c[None, :],
                                                   mask, N, C)
         acc += tl.where(mask, a0 * a0 * s2 + mean_z * mean_z, 0.0)
-    f = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / C + LS_EPS)
+    f = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / C + tl.load(consts_ptr + K_LS_EPS))
     tl.store(f_ptr + rows, f, mask=r_ok)
     ty = coef_ptr.dtype.element_ty
     for c0 in range(0, C, BLOCK_C):
@@ -250,15 +261,20 @@ def layer_scale_kernel(saved_ptr, w_ptr, b_ptr, f_ptr, coef_ptr, N, C, LS_EPS: t
 
 
 @triton.jit
-def _clamp_kept(z, CLAMP: tl.constexpr):
+def _clamp_kept(z, clamp):
     """Where the clamp lets z (and its gradient) through; NaN is not kept."""
-    return (z >= -CLAMP) & (z <= CLAMP)
+    return (z >= -clamp) & (z <= clamp)
 
 
 @triton.jit
-def scale_shift_kernel(x_ptr, coef_ptr, out_ptr, N, C, HW, sx_n, sx_c, sx_hw, so_n, so_c,
-                       so_hw, N_CB, N_HB, ECM: tl.constexpr, CLAMP: tl.constexpr,
-                       BLOCK_NS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _clamp_value(consts_ptr, dtype: tl.constexpr):
+    # In the dtype of the pass, as the eager ops compare a float tensor with the clamp.
+    return tl.load(consts_ptr + K_CLAMP).to(dtype)
+
+
+@triton.jit(do_not_specialize=["N", "N_CB", "N_HB"])
+def scale_shift_kernel(x_ptr, coef_ptr, out_ptr, consts_ptr, N, C, HW, sx_n, sx_c, sx_hw,
+                       so_n, so_c, so_hw, N_CB, N_HB, ECM: tl.constexpr, BLOCK_NS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """out = x*A[n, c] + B[n, c], clamped to [-clamp, clamp] for 'ac'."""
     n, c, hb = _tile(tl.program_id(0), N, N_CB, N_HB, BLOCK_NS, BLOCK_C)
     hw = hb * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -270,15 +286,16 @@ def scale_shift_kernel(x_ptr, coef_ptr, out_ptr, N, C, HW, sx_n, sx_c, sx_hw, so
     # fma explicitly: the backward recomputes z the same way to find the clamped elements.
     z = tl.fma(xv.to(a.dtype), a, b)
     if ECM == ECM_AC:
-        z = tl.clamp(z, -CLAMP, CLAMP, propagate_nan=tl.PropagateNan.ALL)
+        clamp = _clamp_value(consts_ptr, z.dtype)
+        z = tl.clamp(z, -clamp, clamp, propagate_nan=tl.PropagateNan.ALL)
     tl.store(out_ptr + _offsets(n, c, hw, so_n, so_c, so_hw), z.to(out_ptr.dtype.element_ty),
              mask=mask)
 
 
-@triton.jit
-def grad_sums_kernel(g_ptr, x_ptr, saved_ptr, coef_ptr, sums_ptr, N, C, HW, sg_n, sg_c,
-                     sg_hw, sx_n, sx_c, sx_hw, N_CB, CHUNKS, ECM: tl.constexpr,
-                     CLAMP: tl.constexpr, SPLIT: tl.constexpr, BLOCK_NS: tl.constexpr,
+@triton.jit(do_not_specialize=["N", "N_CB", "CHUNKS"])
+def grad_sums_kernel(g_ptr, x_ptr, saved_ptr, coef_ptr, consts_ptr, sums_ptr, N, C, HW, sg_n,
+                     sg_c, sg_hw, sx_n, sx_c, sx_hw, N_CB, CHUNKS, ECM: tl.constexpr,
+                     SPLIT: tl.constexpr, BLOCK_NS: tl.constexpr,
                      BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """sums[0, s, n, c] = sum of G, sums[1, s, n, c] = sum of G*(x - mu) over split s, with
     G the gradient at the affine output (grad_out, zeroed where the 'ac' clamp acted)."""
@@ -288,6 +305,7 @@ def grad_sums_kernel(g_ptr, x_ptr, saved_ptr, coef_ptr, sums_ptr, N, C, HW, sg_n
     if ECM == ECM_AC:
         a = _nc_load(coef_ptr, n, c, mask2, C)
         b = _nc_load(coef_ptr + N * C, n, c, mask2, C)
+        clamp = _clamp_value(consts_ptr, a.dtype)
     acc = tl.zeros([BLOCK_NS, BLOCK_C, BLOCK_HW], dtype=tl.float64)
     acc_x = tl.zeros([BLOCK_NS, BLOCK_C, BLOCK_HW], dtype=tl.float64)
     for t in range(CHUNKS):
@@ -297,7 +315,7 @@ def grad_sums_kernel(g_ptr, x_ptr, saved_ptr, coef_ptr, sums_ptr, N, C, HW, sg_n
         gv = tl.load(g_ptr + _offsets(n, c, hw, sg_n, sg_c, sg_hw), mask=mask, other=0.0)
         gv = gv.to(tl.float64)
         if ECM == ECM_AC:
-            gv = tl.where(_clamp_kept(tl.fma(xv.to(a.dtype), a, b), CLAMP), gv, 0.0)
+            gv = tl.where(_clamp_kept(tl.fma(xv.to(a.dtype), a, b), clamp), gv, 0.0)
         # Centred before the product: sum(g*x) - mu*sum(g) would cancel for offset inputs.
         acc += gv
         acc_x += gv * (xv.to(tl.float64) - mu)
@@ -306,7 +324,7 @@ def grad_sums_kernel(g_ptr, x_ptr, saved_ptr, coef_ptr, sums_ptr, N, C, HW, sg_n
     tl.store(out + SPLIT * N * C, tl.sum(acc_x, axis=2), mask=mask2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def grad_layer_scale_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, N, C, HW,
                             SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
                             BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr):
@@ -329,8 +347,8 @@ def grad_layer_scale_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, N, C, HW,
 
 
 @triton.jit
-def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, row_ok, c, c_ok, N, C, HW,
-                   ONE_B: tl.constexpr, ECM: tl.constexpr, SPLIT: tl.constexpr):
+def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, row_ok, c, c_ok, N, C, HW, one_b,
+                   ECM: tl.constexpr, SPLIT: tl.constexpr):
     """Per (n, c) of samples `rows` (where row_ok), what the control process needs: v's
     coefficient 1 - (1-b)*E[y^2] and input E[g*y], E[g], E[y] = r*d, r, m_i, A0, the
     layer-scaling k*A0 (0 without it), and the per-(n, c) sums of dL/dz and dL/dz*y (the
@@ -353,13 +371,13 @@ def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, row_ok, c, c_ok, N, 
         sum_dzxc = sum_gxc
     sum_dzy = r * (sum_dzxc + d * sum_dz)           # y = (x - m_i)*r = r*(x - mu) + r*d
     w_hw = w[None, :] / HW                          # g = w*dz at the core output y
-    coef = tl.where(mask, 1.0 - ONE_B * (r * r) * (s2 + d * d), 1.0)
+    coef = tl.where(mask, 1.0 - one_b * (r * r) * (s2 + d * d), 1.0)
     return coef, sum_dzy * w_hw, sum_dz * w_hw, r * d, r, m_i, a0, ka0, sum_dz, sum_dzy
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr, gw_ptr,
-                         gb_ptr, coef_ptr, N, C, HW, BETA: tl.constexpr, ECM: tl.constexpr,
+                         gb_ptr, coef_ptr, consts_ptr, N, C, HW, ECM: tl.constexpr,
                          SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                          HAS_AFFINE: tl.constexpr):
     """The control process over the batch: v_{i+1} = (1 - (1-b)*E[y_i^2])*v_i + E[g_i*y_i],
@@ -374,7 +392,9 @@ def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr
     v_s = tl.load(v_ptr + c, mask=c_ok, other=0.0).to(tl.float64)
     grad_w = tl.zeros([BLOCK_C], dtype=tl.float64)
     grad_b = tl.zeros([BLOCK_C], dtype=tl.float64)
-    beta = tl.full([BLOCK_N, BLOCK_C], BETA, tl.float64)
+    beta_s = tl.load(consts_ptr + K_BETA)
+    one_b = 1.0 - beta_s
+    beta = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float64) + beta_s
     ty = coef_ptr.dtype.element_ty
     for n0 in range(0, N, BLOCK_N):
         i = n0 + j
@@ -382,28 +402,28 @@ def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr
         ok0 = row0[:, None] & c_ok[None, :]
         ok1 = row1[:, None] & c_ok[None, :]      # sample i-1, in this chunk
         coef0, ev0, eg0, ey0, r0, m0, a0, ka0, sum_dz, sum_dzy = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i, row0, c, c_ok, N, C, HW, 1 - BETA, ECM,
+            sums_ptr, saved_ptr, fk_ptr, w, b, i, row0, c, c_ok, N, C, HW, one_b, ECM,
             SPLIT)
         coef1, ev1, eg1, ey1, r1, _, _, _, _, _ = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i - 1, row1, c, c_ok, N, C, HW, 1 - BETA, ECM,
+            sums_ptr, saved_ptr, fk_ptr, w, b, i - 1, row1, c, c_ok, N, C, HW, one_b, ECM,
             SPLIT)
         coef2, ev2, _, _, _, _, _, _, _, _ = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i - 2, row2, c, c_ok, N, C, HW, 1 - BETA, ECM,
+            sums_ptr, saved_ptr, fk_ptr, w, b, i - 2, row2, c, c_ok, N, C, HW, one_b, ECM,
             SPLIT)
         # v before sample i and before sample i-1 (masked rows are identity maps).
         v_i = _states(coef1, ev1, v_s)
         v_prev = _states(coef2, ev2, v_s)
-        mean_t1 = eg1 - (1 - BETA) * v_prev * ey1
+        mean_t1 = eg1 - one_b * v_prev * ey1
         u_i = _states(tl.where(ok1, beta, 1.0), r1 * mean_t1, u_s)
         grad_w += tl.sum(sum_dzy, axis=0)
         grad_b += tl.sum(sum_dz, axis=0)
-        q = (1 - BETA) * v_i * r0 * r0 + ka0 * a0
-        rest = q * m0 - (1 - BETA) * u_i - ka0 * b[None, :]
+        q = one_b * v_i * r0 * r0 + ka0 * a0
+        rest = q * m0 - one_b * u_i - ka0 * b[None, :]
         offs = i[:, None] * C + c[None, :]
         tl.store(coef_ptr + offs, q.to(ty), mask=ok0)
         tl.store(coef_ptr + N * C + offs, rest.to(ty), mask=ok0)
         is_last = j == tl.minimum(N - n0, BLOCK_N) - 1
-        u_s = _last_row(BETA * u_i + r0 * (eg0 - (1 - BETA) * v_i * ey0), is_last)
+        u_s = _last_row(beta_s * u_i + r0 * (eg0 - one_b * v_i * ey0), is_last)
         v_s = _last_row(coef0 * v_i + ev0, is_last)
     tl.store(u_ptr + c, u_s.to(u_ptr.dtype.element_ty), mask=c_ok)
     tl.store(v_ptr + c, v_s.to(v_ptr.dtype.element_ty), mask=c_ok)
@@ -412,10 +432,10 @@ def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr
         tl.store(gb_ptr + c, grad_b.to(gb_ptr.dtype.element_ty), mask=c_ok)
 
 
-@triton.jit
-def combine_kernel(g_ptr, x_ptr, fwd_coef_ptr, coef_ptr, out_ptr, N, C, HW, sg_n, sg_c,
-                   sg_hw, sx_n, sx_c, sx_hw, so_n, so_c, so_hw, N_CB, N_HB,
-                   ECM: tl.constexpr, CLAMP: tl.constexpr, BLOCK_NS: tl.constexpr,
+@triton.jit(do_not_specialize=["N", "N_CB", "N_HB"])
+def combine_kernel(g_ptr, x_ptr, fwd_coef_ptr, coef_ptr, out_ptr, consts_ptr, N, C, HW, sg_n,
+                   sg_c, sg_hw, sx_n, sx_c, sx_hw, so_n, so_c, so_hw, N_CB, N_HB,
+                   ECM: tl.constexpr, BLOCK_NS: tl.constexpr,
                    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """grad_x = G*A - x*Q + R, G = grad_out (masked where the 'ac' clamp acted)."""
     n, c, hb = _tile(tl.program_id(0), N, N_CB, N_HB, BLOCK_NS, BLOCK_C)
@@ -431,7 +451,8 @@ def combine_kernel(g_ptr, x_ptr, fwd_coef_ptr, coef_ptr, out_ptr, N, C, HW, sg_n
     gv = gv.to(a.dtype)
     if ECM == ECM_AC:
         b = _nc_load(fwd_coef_ptr + N * C, n, c, mask2, C)
-        gv = tl.where(_clamp_kept(tl.fma(xv, a, b), CLAMP), gv, 0.0)
+        gv = tl.where(_clamp_kept(tl.fma(xv, a, b), _clamp_value(consts_ptr, a.dtype)), gv,
+                      0.0)
     grad_x = tl.fma(gv, a, tl.fma(-xv, q, rest))
     tl.store(out_ptr + _offsets(n, c, hw, so_n, so_c, so_hw),
              grad_x.to(out_ptr.dtype.element_ty), mask=mask)

@@ -71,7 +71,10 @@ def compile_all(arch: int, ptxas_info: bool, cases: int = len(CASES)) -> int:
             if param.is_constexpr:
                 signature[param.name], constexprs[(i,)] = "constexpr", value
                 continue
-            kind, attr = native_specialize_impl(CUDABackend, value, False, True, True)
+            # As the JIT specializes: on value 1 and 16-divisibility, unless told not to.
+            kind, attr = native_specialize_impl(CUDABackend, value, False,
+                                                not param.do_not_specialize,
+                                                not param.do_not_specialize_on_alignment)
             signature[param.name] = kind
             if kind == "constexpr":
                 constexprs[(i,)] = attr
