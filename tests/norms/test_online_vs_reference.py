@@ -154,8 +154,7 @@ def test_negative_v_coefficient_on_cuda_takes_the_scan(shape, device, monkeypatc
 @pytest.mark.parametrize("device", [CUDA])
 @pytest.mark.parametrize("impl", ["eager", "triton"])
 @pytest.mark.parametrize("shape,dtype", [((16, 8, 4, 4), torch.float32),
-                                         ((16, 8, 4, 4), torch.float16), ((16, 8), torch.float32),
-                                         ((16, 8, 4, 4), torch.bfloat16)])
+                                         ((16, 8, 4, 4), torch.float16), ((16, 8), torch.float32)])
 @pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
 def test_cuda_step_never_waits_for_the_device(ecm, shape, dtype, impl, device) -> None:
     # No host-device synchronization anywhere in a CUDA training step: the host can run
