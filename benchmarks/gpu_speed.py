@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from benchmarks.norm_speed import _interleaved_medians, _layer_step, _sync
 
@@ -94,7 +95,7 @@ def section_layers(args: argparse.Namespace, device) -> None:
                                      warmup, max(3, repeats // 3) if big else repeats,
                                      _sync(device))
         base = times[BASELINE]
-        print(f"{str(shape):<20}" + "".join(
+        print(f"{shape!s:<20}" + "".join(
             f"{f'{times[label] * 1e3:.3f}ms {times[label] / base:.2f}x':>{width}}"
             for label, _ in LAYERS))
         counts = {label: launches_per_direction(layer, x, grad)

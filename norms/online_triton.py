@@ -13,6 +13,7 @@ triton.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -175,24 +176,13 @@ class OnlineNormTritonFunction(torch.autograd.Function):
             return _backward(ctx, grad_out)
 
 
-class _NoGuard:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_GUARD = _NoGuard()
-
-
-def _on_device(device: torch.device):
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device: make it the tensor's (a no-op when it
     already is, the usual case)."""
     if device.type == "cuda" and device.index is not None \
             and device.index != torch.cuda.current_device():
         return torch.cuda.device(device)
-    return _NO_GUARD
+    return contextlib.nullcontext()
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -253,7 +243,6 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
     grad_out, g_strides = _spatial_strides(grad_out)
     affine = weight is not None
     w_arg, b_arg = _params(weight, bias, x)
-    device = x.device
 
     sums = _pair_sums(kernels.grad_sums_kernel, (grad_out, x), (g_strides, x_strides),
                       (n, c, hw), (saved, coef, consts), {"ECM": _ECM[ecm]})

@@ -242,8 +242,8 @@ def layer_scale_kernel(saved_ptr, w_ptr, b_ptr, f_ptr, coef_ptr, consts_ptr, N, 
         c_ok = c < C
         mask = r_ok[:, None] & c_ok[None, :]
         w, b = _params(w_ptr, b_ptr, c, c_ok, BLOCK_C, HAS_AFFINE)
-        r, m_i, d, s2, a0, mean_z = _affine_terms(saved_ptr, w, b, rows[:, None] * C + c[None, :],
-                                                  mask, N, C)
+        _, _, _, s2, a0, mean_z = _affine_terms(saved_ptr, w, b, rows[:, None] * C + c[None, :],
+                                                mask, N, C)
         acc += tl.where(mask, a0 * a0 * s2 + mean_z * mean_z, 0.0)
     f = 1.0 / tl.sqrt(tl.sum(acc, axis=1) / C + tl.load(consts_ptr + K_LS_EPS))
     tl.store(f_ptr + rows, f, mask=r_ok)
@@ -254,7 +254,7 @@ def layer_scale_kernel(saved_ptr, w_ptr, b_ptr, f_ptr, coef_ptr, consts_ptr, N, 
         mask = r_ok[:, None] & c_ok[None, :]
         w, b = _params(w_ptr, b_ptr, c, c_ok, BLOCK_C, HAS_AFFINE)
         offs = rows[:, None] * C + c[None, :]
-        r, m_i, d, s2, a0, mean_z = _affine_terms(saved_ptr, w, b, offs, mask, N, C)
+        _, m_i, _, _, a0, _ = _affine_terms(saved_ptr, w, b, offs, mask, N, C)
         tl.store(coef_ptr + offs, (a0 * f[:, None]).to(ty), mask=mask)
         tl.store(coef_ptr + N * C + offs, ((b[None, :] - a0 * m_i) * f[:, None]).to(ty),
                  mask=mask)
@@ -340,7 +340,7 @@ def grad_layer_scale_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, N, C, HW,
         w, b = _params(w_ptr, b_ptr, c, c_ok, BLOCK_C, HAS_AFFINE)
         offs = rows[:, None] * C + c[None, :]
         sum_g, sum_gxc = _split_sums(sums_ptr, offs, mask, N, C, SPLIT)
-        r, m_i, d, s2, a0, mean_z = _affine_terms(saved_ptr, w, b, offs, mask, N, C)
+        _, _, _, _, a0, mean_z = _affine_terms(saved_ptr, w, b, offs, mask, N, C)
         acc += a0 * sum_gxc + mean_z * sum_g
     f = tl.load(fk_ptr + rows, mask=r_ok, other=0.0)
     tl.store(fk_ptr + N + rows, f * f * f * tl.sum(acc, axis=1) / (C * HW), mask=r_ok)

@@ -250,9 +250,11 @@ def test_launches_per_direction(ecm: str, per_direction: int, device: str, launc
     assert forward[-1] == "scale_shift_kernel" and backward[-1] == "combine_kernel"
 
 
-@pytest.mark.parametrize("device", [pytest.param("cpu", marks=TRITON_DEVICES[0].marks), CUDA])
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("impl", ["auto", "eager", "triton"])
 def test_impl_picks_the_function_per_device(impl: str, device: str) -> None:
+    if impl == "triton" and device == "cpu" and not TRITON_INTERPRETER:
+        pytest.skip("Triton on CPU tensors runs only in its interpreter")
     layer = OnlineNorm2d(3, impl=impl).to(device)
     out = layer(torch.randn(2, 3, 4, 4, device=device, requires_grad=True))
     triton_expected = impl == "triton" or (impl == "auto" and device == "cuda")
@@ -297,7 +299,7 @@ else:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     message = result.stdout.strip()
     assert "impl='triton' cannot run on a cpu tensor" in message
@@ -343,6 +345,53 @@ def test_copies_and_saved_models_continue_identically(device: str) -> None:
         assert all(torch.equal(a, b) for a, b in zip(_buffers(other), _buffers(model)))
 
 
+@pytest.mark.parametrize("device", [CUDA])
+@pytest.mark.parametrize("ecm", ["ls", "ac"])
+def test_cuda_graph_replays_the_step(ecm: str, device: str) -> None:
+    # A whole training step (forward, backward, state updates) captured once and replayed
+    # gives what running it gives: nothing waits for the host or picks kernels at run time.
+    # Bitwise: the kernels add in a fixed order (no atomics).
+    import copy
+    torch.manual_seed(0)
+    layer = OnlineNorm2d(8, alpha_fwd=0.9, ecm=ecm, clamp_val=1.5, impl="triton").to(device)
+    twin = copy.deepcopy(layer)
+    x = torch.randn(16, 8, 6, 6, device=device, requires_grad=True)
+    grad = torch.randn_like(x)
+    twin_x = x.detach().clone().requires_grad_()
+
+    def step(module, inp) -> torch.Tensor:
+        out = module(inp)
+        out.backward(grad)
+        return out
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):      # warm-up (compiles, caches) off the capture stream
+        for _ in range(2):
+            step(layer, x)
+            step(twin, twin_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    x.grad = twin_x.grad = None
+    layer.zero_grad(set_to_none=True)
+    twin.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        out = step(layer, x)
+    for i in range(3):
+        data = torch.randn(x.shape, device=device) * (1 + i)
+        with torch.no_grad():
+            x.copy_(data)
+            twin_x.copy_(data)
+        graph.replay()
+        twin_x.grad = None
+        twin.zero_grad(set_to_none=True)
+        expected = step(twin, twin_x)
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected) and torch.equal(x.grad, twin_x.grad), i
+        assert torch.equal(layer.weight.grad, twin.weight.grad), i
+        for name in ("m", "var", "u", "v"):
+            assert torch.equal(getattr(layer, name), getattr(twin, name)), (i, name)
+
+
 @pytest.mark.skipif(not TRITON_INTERPRETER, reason="checks the compiler where no GPU runs it")
 def test_every_launch_compiles_for_sm90() -> None:
     # The interpreter never compiles: a fresh process without it compiles the launches of
@@ -352,6 +401,6 @@ def test_every_launch_compiles_for_sm90() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, str(script), "--cases", "3"], env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 failed to compile" in result.stdout
