@@ -271,6 +271,16 @@ def test_unknown_impl_lists_choices(call) -> None:
         call()
 
 
+def test_without_triton_auto_is_eager_and_triton_is_refused(monkeypatch) -> None:
+    from norms import impl
+    from norms.online_function import OnlineNormFunction
+    monkeypatch.setattr(impl, "triton_installed", lambda: False)
+    for device in ("cpu", "cuda"):   # device objects only: nothing runs
+        assert impl.training_function("auto", torch.device(device)) is OnlineNormFunction
+        with pytest.raises(ValueError, match="needs the triton package, which is not installed"):
+            impl.training_function("triton", torch.device(device))
+
+
 def test_registry_passes_impl_to_online_layers_only() -> None:
     assert norms.build_norm("online", 4, impl="eager").impl == "eager"
     assert isinstance(norms.build_norm("batch", 4, impl="triton"), nn.BatchNorm2d)
