@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one run (for a lent GPU machine with torch on it):
-# every test's CUDA case, the normalization and data benchmarks on the GPU, and `onorm train`
-# on the GPU with a resume. Logs go to $OUT (or ./cuda_checks). Usage: bash benchmarks/cuda_checks.sh
+# every test's CUDA case, the normalization, GPU and data benchmarks on the GPU, and
+# `onorm train` on the GPU with a resume. Logs go to $OUT (or ./cuda_checks).
+# Usage: bash benchmarks/cuda_checks.sh
+# The step limits add up to 450 s, so the whole run stays under 8 minutes of device time; a
+# step cut short by its limit logs exit 124.
 set -u
 out=${OUT:-cuda_checks}
 mkdir -p "$out"
@@ -16,11 +19,35 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $out/NAME.lo
     tail -n 25 "$out/$name.log"
     echo "== $name: exit $rc in $((SECONDS - start)) s"
 }
+cuda_tests() {  # the CUDA cases in parallel groups, each logged to $out/tests-GROUP.log
+    # Triton compiles each kernel variant on first use, on one core per process: groups in
+    # parallel spread that over the machine's cores (they share Triton's on-disk cache).
+    local groups=(
+        "triton:tests/norms/test_online_triton.py"
+        "reference:tests/norms/test_online_vs_reference.py"
+        "norms:tests/norms/test_online_dtypes.py tests/norms/test_online_state.py tests/norms/test_registry.py tests/norms/test_recurrences.py"
+        "trainers:tests/trainers"
+    )
+    local pids=() names=() group rc=0 i
+    for group in "${groups[@]}"; do
+        names+=("${group%%:*}")
+        # shellcheck disable=SC2086  # the file list splits on purpose
+        $py -m pytest -q -rs -p no:cacheprovider ${group#*:} -k cuda \
+            >"$out/tests-${group%%:*}.log" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" || rc=1
+        echo "-- ${names[$i]}: $(tail -n 1 "$out/tests-${names[$i]}.log")"
+    done
+    return $rc
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
-step tests 240 $py -m pytest -q -rs -p no:cacheprovider tests/norms tests/trainers -k cuda
-step norm_speed 150 $py -m benchmarks.norm_speed --device cuda
-step data_speed 150 $py -m benchmarks.data_speed --device cuda
+step tests 180 bash -c "$(declare -f cuda_tests); out='$out' py='$py' cuda_tests"
+step norm_speed 60 $py -m benchmarks.norm_speed --device cuda
+step gpu_speed 60 $py -m benchmarks.gpu_speed --sections layers
+step data_speed 60 $py -m benchmarks.data_speed --device cuda
 data=$(mktemp -d)
 $py -c "from trainers.data.synthetic import write_synthetic_cifar as w; w('$data', classes=10, n_train=2048, n_test=512, seed=0)"
-step train 120 bash -c "$py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 2 --seed 0 -b 128 --model-dir $data/run -p 0 && $py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 3 --seed 0 -b 128 --model-dir $data/run -p 0 --resume $data/run/checkpoint.pth.tar && $py -c \"import pandas as pd; print(pd.read_parquet('$data/run/metrics.parquet').to_string())\""
+step train 90 bash -c "$py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 2 --seed 0 -b 128 --model-dir $data/run -p 0 && $py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 3 --seed 0 -b 128 --model-dir $data/run -p 0 --resume $data/run/checkpoint.pth.tar && $py -c \"import pandas as pd; print(pd.read_parquet('$data/run/metrics.parquet').to_string())\""

@@ -1,8 +1,10 @@
 """Online Normalization layers (Chiley et al. 2019) and their error-compensation modules.
 
 Each layer is: normalization core -> per-channel affine -> error compensation ('ls' layer
-scaling, 'ac' activation clamping or 'none'). Training runs the fused op in
-norms.online_function; evaluation uses the plain modules below and changes no state.
+scaling, 'ac' activation clamping or 'none'). Training runs a fused op: the eager closed form
+in norms.online_function or the Triton kernels of norms.online_triton, as `impl` and the
+input's device decide (norms.impl); evaluation uses the plain modules below and changes no
+state.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from norms.impl import check_impl, training_function
 from norms.modes import ECM_MODES
-from norms.online_function import OnlineNormFunction
 
 
 class LayerScaling(nn.Module):
@@ -53,14 +55,23 @@ def _check_alpha(name: str, value: float) -> float:
 
 
 class _OnlineNorm(nn.Module):
-    """Shared parameters, state and evaluation path of OnlineNorm1d/2d."""
+    """Shared parameters, state and evaluation path of OnlineNorm1d/2d.
+
+    impl: 'auto' (Triton kernels for CUDA inputs, eager ops otherwise), 'eager' or 'triton'
+    (CUDA inputs, or CPU inputs under Triton's interpreter); a plain attribute, so it can be
+    changed on a built layer and is not part of the state_dict.
+    """
+
+    # The default for layers pickled before `impl` existed.
+    impl = "auto"
 
     def __init__(self, num_features: int, alpha_fwd: float = 0.999, alpha_bkw: float = 0.99,
                  eps: float = 1e-5, affine: bool = True, ecm: str = "ls",
-                 ls_eps: float = 1e-5, clamp_val: float = 5):
+                 ls_eps: float = 1e-5, clamp_val: float = 5, impl: str = "auto"):
         super().__init__()
         if ecm not in ECM_MODES:
             raise ValueError(f"unknown ecm {ecm!r}: choose one of {', '.join(ECM_MODES)}")
+        self.impl = check_impl(impl)
         self.num_features = num_features
         self.alpha_fwd = _check_alpha("alpha_fwd", alpha_fwd)
         self.alpha_bkw = _check_alpha("alpha_bkw", alpha_bkw)
@@ -121,7 +132,7 @@ class _OnlineNorm(nn.Module):
 
     def _forward4d(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            return OnlineNormFunction.apply(
+            return training_function(self.impl, x.device).apply(
                 x, self.weight, self.bias, self.m, self.var, self.u, self.v, self.alpha_fwd,
                 self.alpha_bkw, self.eps, self.ecm, self.ls_eps, self.clamp_val, self._chain())
         scale = (self.var.double() + self.eps).rsqrt()
@@ -133,8 +144,9 @@ class _OnlineNorm(nn.Module):
         return self.compensation(y)
 
     def extra_repr(self) -> str:
+        impl = "" if self.impl == "auto" else f", impl={self.impl!r}"
         return (f"{self.num_features}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
-                f"eps={self.eps}, affine={self.affine}, ecm={self.ecm!r}")
+                f"eps={self.eps}, affine={self.affine}, ecm={self.ecm!r}{impl}")
 
 
 class OnlineNorm2d(_OnlineNorm):

@@ -7,11 +7,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from norms.impl import check_impl
 from norms.modes import ECM_MODES, NORM_MODES
 # Every option any mode understands; a mode ignores the ones it does not use, so models can
 # pass the same options to every mode, but a misspelt key is an error.
-NORM_OPTIONS = ("alpha_fwd", "alpha_bkw", "ecm", "eps", "ls_eps", "clamp_val", "gn_num_groups")
-_ONLINE_OPTIONS = ("alpha_fwd", "alpha_bkw", "ecm", "eps", "ls_eps", "clamp_val")
+NORM_OPTIONS = ("alpha_fwd", "alpha_bkw", "ecm", "eps", "ls_eps", "clamp_val", "gn_num_groups",
+                "impl")
+_ONLINE_OPTIONS = ("alpha_fwd", "alpha_bkw", "ecm", "eps", "ls_eps", "clamp_val", "impl")
 
 
 def _check(mode: str, options: dict[str, Any]) -> None:
@@ -23,13 +25,15 @@ def _check(mode: str, options: dict[str, Any]) -> None:
                          f"{', '.join(NORM_OPTIONS)}")
     if mode == "online" and options.get("ecm", "ls") not in ECM_MODES:
         raise ValueError(f"unknown ecm {options['ecm']!r}: choose one of {', '.join(ECM_MODES)}")
+    if mode == "online" and "impl" in options:
+        check_impl(options["impl"])
 
 
 def build_norm(mode: str, num_features: int, **options: Any) -> nn.Module:
     """Build one normalization layer for `num_features` channels.
 
     options (each used only by the modes it concerns, ignored by the others):
-    alpha_fwd, alpha_bkw, ecm, eps, ls_eps, clamp_val (online); gn_num_groups (group).
+    alpha_fwd, alpha_bkw, ecm, eps, ls_eps, clamp_val, impl (online); gn_num_groups (group).
     """
     _check(mode, options)
     if mode == "batch":

@@ -18,10 +18,12 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def train_steps(dtype: torch.dtype, channels_last: bool, ecm: str, clamp: float,
-                steps: int = 3, device: str = "cpu") -> list[dict[str, torch.Tensor]]:
+                steps: int = 3, device: str = "cpu",
+                impl: str = "auto") -> list[dict[str, torch.Tensor]]:
     """Three training steps on `device`; every result comes back on the CPU."""
     gen = torch.Generator().manual_seed(1)
-    layer = OnlineNorm2d(SHAPE[1], alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, clamp_val=clamp)
+    layer = OnlineNorm2d(SHAPE[1], alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, clamp_val=clamp,
+                         impl=impl)
     with torch.no_grad():
         layer.weight.copy_(1 + 0.3 * torch.randn(SHAPE[1], generator=gen))
         layer.bias.copy_(0.3 * torch.randn(SHAPE[1], generator=gen))
@@ -72,7 +74,7 @@ def test_matches_float64(dtype: torch.dtype, channels_last: bool, tol: float, ec
             assert rel_err(got_value, want_value) < tol, (step, key)
 
 
-def cancellation_errors(device: str = "cpu") -> dict[str, float]:
+def cancellation_errors(device: str = "cpu", impl: str = "auto") -> dict[str, float]:
     """float32 against float64 for inputs with a large common offset, where E[x^2] - E[x]^2
     (forward) and sum(g*x) - mean*sum(g) (backward) from float32 sums would lose most
     digits. Relative errors of the running variance and the weight gradient (made of
@@ -88,7 +90,7 @@ def cancellation_errors(device: str = "cpu") -> dict[str, float]:
         for dtype in (torch.float64, torch.float32):
             # alpha_fwd 0: var is the last sample's own variance, not swamped by the
             # a*(1-a)*d^2 term of a decaying mean (which hid a 9-25% error at 0.5).
-            layer = OnlineNorm2d(3, alpha_fwd=0.0, ecm="none").to(device)
+            layer = OnlineNorm2d(3, alpha_fwd=0.0, ecm="none", impl=impl).to(device)
             x = x64.to(device, dtype, copy=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

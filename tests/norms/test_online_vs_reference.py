@@ -20,13 +20,15 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 def run_against_reference(shape: tuple[int, ...], ecm: str = "ls", affine: bool = True,
                           alpha_fwd: float = 0.9, alpha_bkw: float = 0.8, scale: float = 1.0,
                           iterations: int = 3, clamp_val: float = 1.5,
-                          seed: int = 0, device: str = "cpu") -> ReferenceOnlineNorm:
-    """Trains the layer on `device` and the float64 reference on the CPU, side by side."""
+                          seed: int = 0, device: str = "cpu",
+                          impl: str = "auto") -> ReferenceOnlineNorm:
+    """Trains the layer (implementation `impl`) on `device` and the float64 reference on
+    the CPU, side by side."""
     gen = torch.Generator().manual_seed(seed)
     channels = shape[1]
     layer_cls = OnlineNorm2d if len(shape) == 4 else OnlineNorm1d
     layer = layer_cls(channels, alpha_fwd=alpha_fwd, alpha_bkw=alpha_bkw, affine=affine,
-                      ecm=ecm, clamp_val=clamp_val)
+                      ecm=ecm, clamp_val=clamp_val, impl=impl)
     if affine:
         with torch.no_grad():  # non-trivial affine so its gradients and folding are exercised
             layer.weight.copy_(1 + 0.5 * torch.randn(channels, generator=gen))
@@ -139,23 +141,26 @@ def test_online_norm_1d(ecm: str, batch: int, device: str) -> None:
 @pytest.mark.parametrize("device", [CUDA])
 @pytest.mark.parametrize("shape", [(16, 3, 4, 4), (16, 4)])
 def test_negative_v_coefficient_on_cuda_takes_the_scan(shape, device, monkeypatch) -> None:
+    # The eager path on CUDA ('auto' runs the Triton kernels there).
     calls: list[int] = []
     scan = recurrences.varying_decay_scan
     monkeypatch.setattr(recurrences, "varying_decay_scan",
                         lambda *args: calls.append(1) or scan(*args))
     ref = run_against_reference(shape, ecm="ls", alpha_fwd=0.999, alpha_bkw=0.5, scale=1.2,
-                                device=device)
+                                device=device, impl="eager")
     assert ref.min_v_coef < 0 and len(calls) == 3   # one backward per iteration
 
 
 @pytest.mark.parametrize("device", [CUDA])
+@pytest.mark.parametrize("impl", ["eager", "triton"])
 @pytest.mark.parametrize("shape,dtype", [((16, 8, 4, 4), torch.float32),
                                          ((16, 8, 4, 4), torch.float16), ((16, 8), torch.float32)])
 @pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
-def test_cuda_step_never_waits_for_the_device(ecm, shape, dtype, device) -> None:
+def test_cuda_step_never_waits_for_the_device(ecm, shape, dtype, impl, device) -> None:
     # No host-device synchronization anywhere in a CUDA training step: the host can run
     # ahead of the GPU, and the step could be captured in a CUDA graph.
-    layer = (OnlineNorm2d if len(shape) == 4 else OnlineNorm1d)(shape[1], ecm=ecm).to(device)
+    layer = (OnlineNorm2d if len(shape) == 4 else OnlineNorm1d)(shape[1], ecm=ecm, impl=impl)
+    layer = layer.to(device)
     x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
     grad = torch.randn_like(x)
     layer(x).backward(grad)       # first call fills the caches (decay powers, constants)
