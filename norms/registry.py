@@ -9,6 +9,7 @@ from torch import nn
 
 from norms.impl import check_impl
 from norms.modes import ECM_MODES, NORM_MODES
+
 # Every option any mode understands; a mode ignores the ones it does not use, so models can
 # pass the same options to every mode, but a misspelt key is an error.
 NORM_OPTIONS = ("alpha_fwd", "alpha_bkw", "ecm", "eps", "ls_eps", "clamp_val", "gn_num_groups",

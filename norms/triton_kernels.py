@@ -166,8 +166,9 @@ def _params(w_ptr, b_ptr, c, c_ok, BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constex
 
 @triton.jit(do_not_specialize=["N"])
 def forward_scan_kernel(sums_ptr, m_ptr, var_ptr, w_ptr, b_ptr, saved_ptr, coef_ptr,
-                        consts_ptr, N, C, HW, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                        HAS_AFFINE: tl.constexpr, WRITE_COEF: tl.constexpr):
+                        consts_ptr, N, C, HW, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
+                        WRITE_COEF: tl.constexpr):
     """m, var over the batch; saved[0..3] = mu, s2, m_i, r_i = 1/sqrt(var_i + eps); without
     layer scaling also the pass coefficients A = r*w, B = b - A*m_i."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -274,7 +275,8 @@ def _clamp_value(consts_ptr, dtype: tl.constexpr):
 
 @triton.jit(do_not_specialize=["N", "N_CB", "N_HB"])
 def scale_shift_kernel(x_ptr, coef_ptr, out_ptr, consts_ptr, N, C, HW, sx_n, sx_c, sx_hw,
-                       so_n, so_c, so_hw, N_CB, N_HB, ECM: tl.constexpr, BLOCK_NS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+                       so_n, so_c, so_hw, N_CB, N_HB, ECM: tl.constexpr,
+                       BLOCK_NS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     """out = x*A[n, c] + B[n, c], clamped to [-clamp, clamp] for 'ac'."""
     n, c, hb = _tile(tl.program_id(0), N, N_CB, N_HB, BLOCK_NS, BLOCK_C)
     hw = hb * BLOCK_HW + tl.arange(0, BLOCK_HW)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from devices import DEVICES
+
 from norms import OnlineNorm2d
 
 SHAPE = (8, 4, 5, 6)

@@ -7,9 +7,8 @@ import io
 
 import pytest
 import torch
-from torch import nn
-
 from devices import DEVICES
+from torch import nn
 
 from norms import OnlineNorm1d, OnlineNorm2d
 

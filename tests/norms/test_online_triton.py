@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from devices import CUDA, TRITON, TRITON_DEVICES, TRITON_INTERPRETER
+from test_online_dtypes import CLAMP, cancellation_errors, rel_err, train_steps
+from test_online_vs_reference import run_against_reference
 from torch import nn
 
 import norms
-from devices import CUDA, TRITON, TRITON_DEVICES, TRITON_INTERPRETER
 from norms import OnlineNorm1d, OnlineNorm2d
-from test_online_dtypes import CLAMP, cancellation_errors, rel_err, train_steps
-from test_online_vs_reference import run_against_reference
 
 pytestmark = pytest.mark.skipif(not TRITON, reason="triton is not installed")
 REPO = Path(__file__).resolve().parents[2]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from norms import OnlineNorm1d, OnlineNorm2d, recurrences
 from devices import CUDA, DEVICES
 from online_reference import ReferenceOnlineNorm
+
+from norms import OnlineNorm1d, OnlineNorm2d, recurrences
 
 TOL = 1e-5
 
@@ -48,8 +48,8 @@ def run_against_reference(shape: tuple[int, ...], ecm: str = "ls", affine: bool 
         # A per-channel offset and scale so the running statistics matter.
         offset = torch.randn(channels, generator=gen, dtype=torch.float64)
         view = (1, channels) + (1,) * (len(shape) - 2)
-        x = (scale * torch.randn(shape, generator=gen, dtype=torch.float64) * (1 + offset.abs()).view(view)
-             + offset.view(view))
+        noise = torch.randn(shape, generator=gen, dtype=torch.float64)
+        x = scale * noise * (1 + offset.abs()).view(view) + offset.view(view)
         grad_out = torch.randn(shape, generator=gen, dtype=torch.float64)
         x_dev = on_device(x).requires_grad_()
         layer.train()

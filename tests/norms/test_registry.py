@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import DEVICES
 from torch import nn
 
 import norms
-from devices import DEVICES
 from norms import LayerNorm2d, OnlineNorm2d
 
 ALL_OPTIONS = {"alpha_fwd": 0.99, "alpha_bkw": 0.9, "ecm": "ac", "eps": 1e-4, "ls_eps": 1e-4,

@@ -77,7 +77,8 @@ tiny:
 """)
     experiment = load_experiments(path)["tiny"]
     [on_gpu], [on_cpu] = expand(experiment), expand(experiment, cpu_only=True)
-    assert on_gpu.config.device == "cuda:0" and on_gpu.resources == {"cpu": 2, "gpu": 1, "workers": 1}
+    assert on_gpu.config.device == "cuda:0"
+    assert on_gpu.resources == {"cpu": 2, "gpu": 1, "workers": 1}
     assert on_cpu.config.device == "cpu" and on_cpu.resources == {"cpu": 2, "gpu": 0, "workers": 1}
     assert on_cpu.trial_id == on_gpu.trial_id
 
