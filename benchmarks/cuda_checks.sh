@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA device, in one run (for a lent GPU machine with torch on it):
-# every test's CUDA case, the normalization, GPU and data benchmarks on the GPU, and
-# `onorm train` on the GPU with a resume. Logs go to $OUT (or ./cuda_checks).
+# every test's CUDA case, the GPU benchmark (layers, ResNet-20 modes, trials sharing the GPU,
+# projected GPU-hours of the grids), the data benchmark, and `onorm train` on the GPU with
+# every speed option and a resume. Logs go to $OUT (or ./cuda_checks).
 # Usage: bash benchmarks/cuda_checks.sh
-# The step limits add up to 450 s, so the whole run stays under 8 minutes of device time; a
+# The step limits add up to 420 s, so the whole run stays under 8 minutes of device time; a
 # step cut short by its limit logs exit 124.
 set -u
 out=${OUT:-cuda_checks}
@@ -44,10 +45,10 @@ cuda_tests() {  # the CUDA cases in parallel groups, each logged to $out/tests-G
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.cuda.is_available())"
-step tests 180 bash -c "$(declare -f cuda_tests); out='$out' py='$py' cuda_tests"
-step norm_speed 60 $py -m benchmarks.norm_speed --device cuda
-step gpu_speed 60 $py -m benchmarks.gpu_speed --sections layers
-step data_speed 60 $py -m benchmarks.data_speed --device cuda
+step tests 150 bash -c "$(declare -f cuda_tests); out='$out' py='$py' cuda_tests"
+step gpu_speed 190 $py -m benchmarks.gpu_speed
+step data_speed 20 $py -m benchmarks.data_speed --device cuda --quick
 data=$(mktemp -d)
 $py -c "from trainers.data.synthetic import write_synthetic_cifar as w; w('$data', classes=10, n_train=2048, n_test=512, seed=0)"
-step train 90 bash -c "$py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 2 --seed 0 -b 128 --model-dir $data/run -p 0 && $py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 3 --seed 0 -b 128 --model-dir $data/run -p 0 --resume $data/run/checkpoint.pth.tar && $py -c \"import pandas as pd; print(pd.read_parquet('$data/run/metrics.parquet').to_string())\""
+fast="--channels-last --cuda-graph --amp"
+step train 60 bash -c "$py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 2 --seed 0 -b 128 --model-dir $data/run -p 0 $fast && $py -m orchestrator.cli train cifar10 $data --device cuda --norm-mode online --epochs 3 --seed 0 -b 128 --model-dir $data/run -p 0 $fast --resume $data/run/checkpoint.pth.tar && $py -c \"import pandas as pd; print(pd.read_parquet('$data/run/metrics.parquet').to_string())\""

@@ -1,15 +1,24 @@
 """Benchmark on a CUDA device: Online Normalization's Triton kernels, its eager ops, batch norm.
 
 Runs named sections (all by default; --sections picks some, comma-separated):
-  layers  forward+backward time of one layer, Online Norm with impl='triton', Online Norm
-          with impl='eager' and nn.BatchNorm2d, at CIFAR ResNet and ImageNet ResNet shapes
-          (float32), as ratios to batch norm measured in the same run; and each layer's
-          CUDA kernel launches per direction with their summed device time (torch.profiler).
-Another section is a function `section(args, device) -> None` added to SECTIONS (ResNet-20
-training images/s in several modes, multi-process throughput, projected GPU-hours, ...).
+  layers      forward+backward time of one layer, Online Norm with impl='triton', Online
+              Norm with impl='eager' and nn.BatchNorm2d, at CIFAR ResNet and ImageNet ResNet
+              shapes (float32), as ratios to batch norm measured in the same run; and each
+              layer's CUDA kernel launches per direction with their summed device time.
+  resnet20    ResNet-20 training images/s through the trainer's own step (trainers/step.py),
+              every normalizer, in (a) eager float32, (b) channels_last with the step
+              captured in a CUDA graph, (c) (b) plus bfloat16 autocast; ratios (b)/(a),
+              (c)/(a), and each normalizer's step time over batch norm's in each mode.
+  packing     aggregate images/s of 1, 2 and 4 trial processes sharing the GPU in mode (b),
+              as the CIFAR grids pack them (gpu: 0.25 per trial).
+  projection  the GPU-hours the cifar10, cifar100 and imagenet grids of experiments.yaml
+              take at the rates measured above (imagenet from a ResNet-50 measured here).
+A section is a function `section(args, device, measured) -> None` in SECTIONS; `measured`
+carries rates from one section to the next (projection measures what it lacks).
 Timing is benchmarks.norm_speed's: medians of calls interleaved between the variants, each
-call waited for. Without a CUDA device it exits with status 2 and one line saying so.
-Usage: python -m benchmarks.gpu_speed [--sections layers] [--quick]
+call waited for. Without a CUDA device it exits with status 2 and one line saying so
+(`--device cpu` runs the sections anyway, as a smoke test of the script).
+Usage: python -m benchmarks.gpu_speed [--sections layers,resnet20,...] [--quick]
 """
 
 from __future__ import annotations
@@ -76,7 +85,7 @@ def launches_per_direction(layer, x, grad) -> str:
     return f"{fwd[0]}/{bwd[0]} ({fwd[1]:.0f}/{bwd[1]:.0f} us)"
 
 
-def section_layers(args: argparse.Namespace, device) -> None:
+def section_layers(args: argparse.Namespace, device, measured: dict) -> None:
     import torch
     warmup, repeats = (1, 3) if args.quick else (3, 15)
     print(f"== layers: forward+backward of one layer, float32, train mode, median of "
@@ -105,7 +114,241 @@ def section_layers(args: argparse.Namespace, device) -> None:
         torch.cuda.empty_cache()
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace, Any], None]] = {"layers": section_layers}
+# ------------------------------------------------------------------ ResNet-20 training
+
+NORM_MODES = ("batch", "online", "layer", "instance", "group")
+# (label, TrialConfig settings): the trainer's own options
+MODES = (
+    ("a eager fp32", {}),
+    ("b nhwc+graph", {"channels_last": True, "cuda_graph": True}),
+    ("c (b)+bf16", {"channels_last": True, "cuda_graph": True, "amp": True}),
+)
+CIFAR_BATCH = 128
+
+
+class StepRunner:
+    """The trainer's training step for one config, on random CIFAR-sized batches already on
+    the device: `run(steps)` trains that many steps (a CUDA graph's capture happens during
+    warm-up)."""
+
+    def __init__(self, config, device, batch: int, image_size: int = 32, classes: int = 10):
+        import torch
+        from torch import nn
+
+        from trainers.metrics import EpochMeter
+        from trainers.models import build_model
+        from trainers.optim import build_optimizer
+        from trainers.step import make_train_step
+        from trainers.train import AMP_DTYPES
+
+        torch.manual_seed(0)
+        fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = build_model(config, classes, image_size).to(device, memory_format=fmt)
+        self.model.train()
+        self.meter = EpochMeter(device)
+        amp = AMP_DTYPES[config.amp_dtype] if config.amp else None
+        self.step = make_train_step(self.model, nn.CrossEntropyLoss(),
+                                    build_optimizer(self.model, config), self.meter, device,
+                                    amp, None, config.cuda_graph)
+        gen = torch.Generator(device=device).manual_seed(0)
+        self.images = [torch.randn(batch, 3, image_size, image_size, device=device,
+                                   generator=gen).contiguous(memory_format=fmt)
+                       for _ in range(4)]
+        self.labels = [torch.randint(0, classes, (batch,), device=device, generator=gen)
+                       for _ in range(4)]
+        self.batch, self.done = batch, 0
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            i = self.done % len(self.images)
+            self.step(self.images[i], self.labels[i])
+            self.done += 1
+
+    def eval_run(self, steps: int) -> None:
+        import torch
+        self.model.eval()
+        with torch.no_grad():
+            for i in range(steps):
+                self.model(self.images[i % len(self.images)])
+        self.model.train()
+
+
+def cifar_config(norm: str, device, **options):
+    from trainers.config import make_config
+    return make_config("cifar10", ".", depth=20, norm=norm, batch_size=CIFAR_BATCH,
+                       device=str(device), workers=0, **options)
+
+
+def section_resnet20(args: argparse.Namespace, device, measured: dict) -> None:
+    steps, repeats = (2, 3) if args.quick else (20, 7)
+    norms = ("batch", "online") if args.quick else NORM_MODES
+    print(f"== resnet20: ResNet-20 training images/s, batch {CIFAR_BATCH}, 32x32, the "
+          f"trainer's step; median of {repeats} interleaved runs of {steps} steps")
+    rates: dict[tuple[str, str], float] = {}
+    for mode, options in MODES:
+        runners = {norm: StepRunner(cifar_config(norm, device, **options), device, CIFAR_BATCH)
+                   for norm in norms}
+        for runner in runners.values():
+            runner.run(8)   # warm-up: the eager steps, the capture, cuDNN's choices
+        times = _interleaved_medians({n: (lambda r=r: r.run(steps)) for n, r in runners.items()},
+                                     1, repeats, _sync(device))
+        for norm in norms:
+            rates[(norm, mode)] = steps * CIFAR_BATCH / times[norm]
+        if mode.startswith("a"):   # evaluation rate, for the projection's validation passes
+            r = runners["batch"]
+            eval_time = _interleaved_medians({"eval": lambda r=r: r.eval_run(steps)}, 1,
+                                             repeats, _sync(device))["eval"]
+            measured["eval_rate"] = steps * CIFAR_BATCH / eval_time
+        del runners
+        _free(device)
+    width = 16
+    print(f"{'images/s':<10}" + "".join(f"{m:>{width}}" for m, _ in MODES)
+          + f"{'(b)/(a)':>10}{'(c)/(a)':>10}")
+    for norm in norms:
+        a, b, c = (rates[(norm, m)] for m, _ in MODES)
+        print(f"{norm:<10}" + "".join(f"{rates[(norm, m)]:>{width},.0f}" for m, _ in MODES)
+              + f"{b / a:>9.2f}x{c / a:>9.2f}x")
+    print("step time over batch norm's, per mode:")
+    for norm in norms:
+        print(f"  {norm:<8}" + "".join(
+            f"{rates[('batch', m)] / rates[(norm, m)]:>{width}.2f}x" for m, _ in MODES))
+    measured["cifar_rates"] = {norm: rates[(norm, MODES[1][0])] for norm in norms}
+    measured["cifar_mode"] = MODES[1][0]
+
+
+def _free(device) -> None:
+    import gc
+
+    import torch
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------ several trials, one GPU
+
+PACKING = (1, 2, 4)
+
+
+def section_packing(args: argparse.Namespace, device, measured: dict) -> None:
+    """Aggregate images/s of P processes training at once, each a mode-(b) Online Norm
+    ResNet-20 trial; they warm up, then all time the same wall-clock window."""
+    import subprocess
+    import time
+
+    seconds, warm = (2.0, 30.0) if args.quick else (5.0, 25.0)
+    print(f"== packing: P trial processes on one {device.type} device, Online Norm ResNet-20 "
+          f"in mode {MODES[1][0]}, each timing the same {seconds:g} s window")
+    aggregate = {}
+    for procs in PACKING:
+        start_at = time.time() + warm   # after every process's imports, warm-up and capture
+        workers = [subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.gpu_speed", "--worker", f"{start_at}",
+             f"{seconds}", "--device", str(device)], stdout=subprocess.PIPE, text=True)
+            for _ in range(procs)]
+        rates = []
+        for w in workers:
+            out, _ = w.communicate()
+            rates.append(float(out.strip().splitlines()[-1]))
+        aggregate[procs] = sum(rates)
+        print(f"  {procs} process(es): {aggregate[procs]:>10,.0f} images/s in all "
+              f"({', '.join(f'{r:,.0f}' for r in rates)}), "
+              f"{aggregate[procs] / aggregate[1]:.2f}x one process")
+    measured["packing_gain"] = aggregate[max(PACKING)] / aggregate[1]
+
+
+def packing_worker(start_at: float, seconds: float, device) -> None:
+    import time
+
+    import torch
+    runner = StepRunner(cifar_config("online", device, **MODES[1][1]), device, CIFAR_BATCH)
+    while time.time() < start_at:   # keep warming until the common window opens
+        runner.run(1)
+    _sync(device)()
+    done, begin = runner.done, time.perf_counter()
+    while time.perf_counter() - begin < seconds:
+        runner.run(5)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    print((runner.done - done) * CIFAR_BATCH / (time.perf_counter() - begin))
+
+
+# ------------------------------------------------------------------ what the grids cost
+
+# Training and validation images per epoch of each dataset.
+IMAGES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
+          "imagenet": (1_281_167, 50_000)}
+
+
+def section_projection(args: argparse.Namespace, device, measured: dict) -> None:
+    """GPU-hours of each paper grid: per trial, epochs x (training images / its normalizer's
+    rate + validation images / the evaluation rate), CIFAR trials packed as the grid packs
+    them (the packing gain measured above); ImageNet from ResNet-50 rates per GPU."""
+    if "cifar_rates" not in measured:
+        section_resnet20(args, device, measured)
+    if "packing_gain" not in measured:
+        section_packing(args, device, measured)
+    if "imagenet_rates" not in measured:
+        measure_resnet50(args, device, measured)
+    from orchestrator.plan.experiments import load_experiments
+    from orchestrator.plan.trials import expand
+
+    experiments = load_experiments()
+    print(f"== projection: GPU-hours of the paper grids at the rates above (mode "
+          f"{measured['cifar_mode']}); CIFAR trials packed {max(PACKING)} per GPU with "
+          f"{measured['packing_gain']:.2f}x one trial's throughput")
+    total = {}
+    for name in ("cifar10", "cifar100", "imagenet"):
+        trials = expand(experiments[name])
+        train_images, val_images = IMAGES[name]
+        rates = measured["imagenet_rates"] if name == "imagenet" else measured["cifar_rates"]
+        eval_rate = (measured["imagenet_eval_rate"] if name == "imagenet"
+                     else measured["eval_rate"])
+        seconds = 0.0
+        for t in trials:
+            rate = rates.get(t.config.norm, rates["batch"])
+            seconds += t.config.epochs * (train_images / rate + val_images / eval_rate)
+        if name != "imagenet":
+            seconds /= measured["packing_gain"]
+        total[name] = seconds / 3600
+        print(f"  {name:<9} {len(trials):>3} trials x {trials[0].config.epochs} epochs: "
+              f"{total[name]:8.1f} GPU-hours")
+    print(f"  cifar10 + cifar100: {total['cifar10'] + total['cifar100']:.2f} GPU-hours; "
+          f"imagenet as one GPU's ResNet-50 rate, on 8 GPUs about "
+          f"{total['imagenet'] / 8:.1f} hours of wall time at perfect scaling")
+
+
+def measure_resnet50(args: argparse.Namespace, device, measured: dict) -> None:
+    from trainers.config import make_config
+
+    batch, size = (4, 64) if args.quick or device.type != "cuda" else (64, 224)
+    steps, repeats = (1, 2) if args.quick else (5, 5)
+    print(f"== resnet50: ImageNet ResNet-50 training images/s per GPU, batch {batch}, "
+          f"{size}x{size}, mode {MODES[1][0]} (the imagenet grid's)")
+    runners = {}
+    for norm in ("batch", "online"):
+        config = make_config("imagenet", ".", arch="resnet50", norm=norm, batch_size=batch,
+                             device=str(device), workers=0, **MODES[1][1])
+        runners[norm] = StepRunner(config, device, batch, image_size=size, classes=1000)
+        runners[norm].run(6)
+    times = _interleaved_medians({n: (lambda r=r: r.run(steps)) for n, r in runners.items()},
+                                 1, repeats, _sync(device))
+    measured["imagenet_rates"] = {n: steps * batch / t for n, t in times.items()}
+    r = runners["batch"]
+    eval_time = _interleaved_medians({"eval": lambda r=r: r.eval_run(steps)}, 1, repeats,
+                                     _sync(device))["eval"]
+    measured["imagenet_eval_rate"] = steps * batch / eval_time
+    print("  " + ", ".join(f"{n} {v:,.0f} images/s" for n, v in
+                           measured["imagenet_rates"].items())
+          + f"; evaluation {measured['imagenet_eval_rate']:,.0f} images/s")
+    del runners
+    _free(device)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace, Any, dict], None]] = {
+    "layers": section_layers, "resnet20": section_resnet20, "packing": section_packing,
+    "projection": section_projection,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,22 +356,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated, of: {', '.join(SECTIONS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    parser.add_argument("--device", default="cuda",
+                        help="cuda (default); cpu runs the sections as a smoke test only")
+    parser.add_argument("--worker", nargs=2, type=float, metavar=("START_AT", "SECONDS"),
+                        help=argparse.SUPPRESS)   # one process of the packing section
     args = parser.parse_args(argv)
+    if args.worker:
+        import torch
+        packing_worker(args.worker[0], args.worker[1], torch.device(args.device))
+        return 0
     names = [name.strip() for name in args.sections.split(",") if name.strip()]
     unknown = [name for name in names if name not in SECTIONS]
     if unknown or not names:
         parser.error(f"--sections: unknown section(s) {', '.join(unknown) or '(none given)'}; "
                      f"choose from {', '.join(SECTIONS)}")
     import torch
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_speed: no CUDA device (torch.cuda.is_available() is False): run it on a "
               "machine with an NVIDIA GPU", file=sys.stderr)
         return 2
-    device = torch.device("cuda")
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}, sections: "
-          f"{', '.join(names)}")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)"
+    print(f"torch {torch.__version__}, {where}, sections: {', '.join(names)}")
+    measured: dict = {}
     for name in names:
-        SECTIONS[name](args, device)
+        SECTIONS[name](args, device, measured)
     return 0
 
 
