@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
+
+import pandas as pd
+import psutil
 
 from orchestrator.plan.trials import TrialSpec, make_trial
 from trainers.config import make_config
 from trainers.data.synthetic import ensure_synthetic_cifar
 
+REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = {"n_train": 128, "n_test": 64}
 TINY_SETTINGS = dict(depth=8, batch_size=64, lr_milestones=(2,), workers=0, device="cpu")
 
@@ -34,3 +42,39 @@ tiny:
     - {norm: online, afwd: "1023/1024", abkw: "127/128", seeds: 1}
 """)
     return path
+
+
+def driver(config: Path, experiment: str, results: Path, log: Path) -> subprocess.Popen:
+    """`onorm run EXPERIMENT` in a process of its own (with its own local Ray), logged."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log, "w") as f:
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "run", experiment, "--config",
+             str(config), "--results", str(results)], cwd=REPO, env=env, stdout=f,
+            stderr=subprocess.STDOUT)
+
+
+def read_trials(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(path).set_index("trial_id")
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver, then every Ray process it started (by pid, found beforehand)."""
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    for p in list(tree):
+        try:
+            tree.extend(p.children(recursive=True))  # workers forked since the snapshot
+        except psutil.Error:
+            pass
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(tree, timeout=30)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-import psutil
-from orch_helpers import tiny_yaml
+from orch_helpers import driver, kill_tree, read_trials, tiny_yaml
 
 from orchestrator.execute.store import read_state
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
-
-REPO = Path(__file__).resolve().parents[2]
 
 GRID = """
 kill:
@@ -34,40 +26,6 @@ kill:
 """
 
 
-def driver(config: Path, results: Path, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray
-    env["PYTHONUNBUFFERED"] = "1"
-    with open(log, "w") as f:
-        return subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "run", "kill", "--config", str(config),
-             "--results", str(results)], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-
-
-def read_trials(path: Path) -> pd.DataFrame | None:
-    try:
-        return pd.read_parquet(path).set_index("trial_id")
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver, then every Ray process it started (by pid, found beforehand)."""
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    for p in list(tree):
-        try:
-            tree.extend(p.children(recursive=True))  # workers forked since the snapshot
-        except psutil.Error:
-            pass
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(tree, timeout=30)
-
-
 def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_path):
     config = tiny_yaml(tmp_path / "e.yaml", GRID)
     short, long, third = expand(load_experiments(config)["kill"])
@@ -75,7 +33,7 @@ def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_pat
     trials_path = results / "kill" / "trials.parquet"
     metrics_path = results / "kill" / "metrics.parquet"
 
-    first = driver(config, results, tmp_path / "first.log")
+    first = driver(config, "kill", results, tmp_path / "first.log")
     try:
         deadline = time.time() + 180
         while True:
@@ -95,7 +53,7 @@ def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_pat
     stored = read_state(results / "kill" / "checkpoints" / long.trial_id)["epoch"]
     assert 1 <= recorded <= stored < 12
 
-    second = driver(config, results, tmp_path / "second.log")
+    second = driver(config, "kill", results, tmp_path / "second.log")
     try:
         assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
     finally:
