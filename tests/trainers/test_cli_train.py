@@ -164,8 +164,8 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize("argv, needle", [
     (["-d", "9"], "depth 9 is not 6n+2"),
     (["--afwd", "1.5"], "afwd must be in (0, 1)"),
-    (["-b", "0"], "batch_size must be >= 1"),
-    (["-j", "-1"], "workers must be >= 0"),
+    (["-b", "0"], "batch_size must be in [1, 1048576]"),   # was ">= 1": now bounded
+    (["-j", "-1"], "workers must be in [0, 1024]"),   # was ">= 0": now bounded
     (["--start-epoch", "-1"], "--start-epoch must be in [0, 250)"),
     (["--start-epoch", "250"], "--start-epoch must be in [0, 250)"),
     (["-a", "resnet50"], "only 'resnet'"),
