@@ -113,8 +113,8 @@ def register_kind(name: str, parser: KindParser, keys: dict[str, str]) -> None:
 def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experiment:
     cells_raw = raw.get("cells")
     if cells_raw is None or cells_raw == []:
-        raise UserError(f"experiment {name!r}: empty grid: add a `cells:` list with at least one "
-                        f"normalizer, e.g. `- {{norm: batch, seeds: 1}}`")
+        raise UserError(f"{where(name, 'cells')}: empty grid: add a `cells:` list with at least "
+                        "one normalizer, e.g. `- {norm: batch, seeds: 1}`")
     if not isinstance(cells_raw, list):
         raise UserError(f"{where(name, 'cells')}: expected a list of normalizer cells, "
                         f"got {cells_raw!r}")
@@ -334,9 +334,10 @@ def read_yaml(path: Path) -> Any:
         at = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise UserError(f"experiments file {shown!r} is not valid YAML{at}: {problem}") from None
-    except ValueError as err:   # e.g. an integer literal beyond Python's 4300 digits
+    except ValueError as err:   # an integer literal beyond Python's 4300 digits
         raise UserError(f"experiments file {shown!r} holds a value that cannot be read "
-                        f"({str(err).splitlines()[0][:100]})") from None
+                        f"({str(err).split(':')[0][:80]}): no setting takes a number that "
+                        "long; correct it") from None
 
 
 def _depth_limited_loader():
