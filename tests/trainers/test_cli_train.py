@@ -217,3 +217,33 @@ def test_a_model_dir_that_is_a_file_is_one_line(cifar10_dir, tmp_path, capsys):
     assert main(["train", "cifar10", str(cifar10_dir), "--model-dir", str(afile), "-d", "8",
                  "-j", "0", "--device", "cpu"]) == 2
     assert "is a file" in _one_line_error(capsys) and afile.read_text() == "mine"
+
+
+def test_after_ctrl_c_the_hint_is_the_command_that_resumes(cifar10_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    import shlex
+
+    import trainers.train
+
+    md = tmp_path / "md"
+    argv = ["train", "cifar10", str(cifar10_dir), "--model-dir", str(md), "-d", "8",
+            "--epochs", "2", "-b", "64", "-j", "0", "--seed", "0", "--device", "cpu", "-p", "0"]
+    real_summary = trainers.train._summary
+
+    def interrupt_after_the_first_checkpoint(*args):   # after save_checkpoint: Ctrl-C
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainers.train, "_summary", interrupt_after_the_first_checkpoint)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "onorm train: interrupted; resume with: onorm train " in err
+    hint = err.split("resume with: ", 1)[1].strip()
+    assert shlex.split(hint)[-2:] == ["--resume", str(md / "checkpoint.pth.tar")]
+    monkeypatch.setattr(trainers.train, "_summary", real_summary)
+    assert main(shlex.split(hint)[1:]) == 0         # the printed command is accepted
+    assert pd.read_parquet(md / "metrics.parquet").epoch.tolist() == [1, 2]
+    # with nothing checkpointed yet, the same command starts again
+    other = tmp_path / "other"
+    monkeypatch.setattr(trainers.train, "save_checkpoint", interrupt_after_the_first_checkpoint)
+    argv[argv.index(str(md))] = str(other)
+    assert main(argv) == 130
+    assert "no epoch was checkpointed yet: re-run the same command" in capsys.readouterr().err
