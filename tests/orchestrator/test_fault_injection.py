@@ -4,6 +4,7 @@ own epoch is trained again.
 
 One grid is run once for the module (a 2-epoch trial completes; a 3-epoch trial's worker
 dies after epoch 2 and, with max_failures 0, the trial fails); each test damages a copy.
+And an error that fails the same way on every try is not retried.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ import struct
 
 import pandas as pd
 import pytest
-from orch_helpers import tiny_yaml
+from orch_helpers import TINY_SETTINGS, tiny_yaml
 
 from orchestrator.cli import main
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.runner import run_trials
-from orchestrator.execute.store import checkpoint_name
+from orchestrator.execute.store import checkpoint_name, read_state
 from orchestrator.plan.experiments import load_experiments
-from orchestrator.plan.trials import expand
+from orchestrator.plan.trials import expand, make_trial
+from trainers.config import make_config
 
 GRID = """
 fi:
@@ -150,3 +152,20 @@ def test_damaged_parquet_files_are_rebuilt_from_the_store(first_run, tmp_path, c
     assert code == 0 and "metrics.parquet was damaged" in err, err
     pd.testing.assert_frame_equal(pd.read_parquet(path), complete)
     assert len(list(exp.glob("metrics.parquet.damaged-*"))) == 2
+
+
+def test_a_deterministic_error_fails_the_trial_once_not_max_failures_times(ray_module,
+                                                                         tmp_path):
+    # a dataset missing where the trial runs fails the same way on every try
+    missing = tmp_path / "no" / "cifar"
+    config = make_config("cifar10", str(missing), epochs=1, seed=0, **TINY_SETTINGS)
+    trial = make_trial(config, {"cpu": 1.0, "gpu": 0.0})
+    summary = run_trials("bad", [trial], tmp_path / "results", max_failures=2,
+                         live=LiveView("bad", tty=False))
+    assert summary.counts == {"failed": 1} and summary.exit_code == 1
+    row = pd.read_parquet(summary.layout.trials).iloc[0]
+    assert row["attempts"] == 1
+    assert row["error"] == (f"CIFAR-10 data folder {missing} does not exist, nor does its "
+                            f"parent {missing.parent}: check the path (a download goes only "
+                            "into a folder that exists or whose parent exists)")
+    assert read_state(summary.layout.trial_store(trial.trial_id))["outcome"] == "failed"
