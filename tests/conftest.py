@@ -16,13 +16,7 @@ def _ray_shutdown_at_end():
         ray.shutdown()
 
 
-@pytest.fixture
-def ray_session(_ray_shutdown_at_end):
-    """A local Ray (2 CPUs, 1 logical GPU, no dashboard), started once and reused.
-
-    A test that needs its own Ray (a simulated cluster) uses `ray_exclusive` instead; the
-    next test asking for this fixture then starts the shared one again.
-    """
+def _shared_ray():
     import ray
 
     if not ray.is_initialized():
@@ -30,6 +24,22 @@ def ray_session(_ray_shutdown_at_end):
         ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
                  namespace="onorm", log_to_driver=False)
     return ray
+
+
+@pytest.fixture
+def ray_session(_ray_shutdown_at_end):
+    """A local Ray (2 CPUs, 1 logical GPU, no dashboard), started once and reused.
+
+    A test that needs its own Ray (a simulated cluster) uses `ray_exclusive` instead; the
+    next test asking for this fixture then starts the shared one again.
+    """
+    return _shared_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_module(_ray_shutdown_at_end):
+    """The same shared Ray, for a module-scoped fixture that runs trials once for its tests."""
+    return _shared_ray()
 
 
 @pytest.fixture

@@ -40,3 +40,19 @@ def write_bytes_durably(path: str | Path, data: bytes) -> None:
 def write_text_atomically(path: str | Path, text: str) -> None:
     """`text` to `path` (UTF-8) atomically."""
     replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def move_aside(path: str | Path) -> Path:
+    """Rename a damaged file to `<name>.damaged-<time>` beside it (never over an earlier
+    one) and return the new path: what was damaged is kept for inspection, never deleted."""
+    import time
+
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.replace(path, target)
+    return target

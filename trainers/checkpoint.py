@@ -12,7 +12,7 @@ import torch
 
 from norms.modes import options_of
 from trainers.atomic import replace_atomically
-from trainers.errors import UserError
+from trainers.errors import CheckpointError, UserError
 
 CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_NAME = "model_best.pth.tar"
@@ -74,14 +74,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
-        raise UserError(f"checkpoint {path} is corrupt or not an onorm checkpoint "
-                        f"({type(err).__name__}: {reason}): delete it or resume from "
-                        "another one") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not an onorm checkpoint "
+                              f"({type(err).__name__}: {reason}): delete it or resume from "
+                              "another one", f"unreadable ({type(err).__name__})") from None
     needed = ("model", "optimizer", "scheduler", "epoch", "config", "rng")
     if not isinstance(state, dict) or any(k not in state for k in needed):
-        raise UserError(f"checkpoint {path} is not an onorm training checkpoint (it lacks "
-                        "model/optimizer/epoch entries): resume from a checkpoint.pth.tar "
-                        "written by onorm train")
+        raise CheckpointError(f"checkpoint {path} is not an onorm training checkpoint (it "
+                              "lacks model/optimizer/epoch entries): resume from a "
+                              "checkpoint.pth.tar written by onorm train",
+                              "not an onorm training checkpoint")
     return state
 
 

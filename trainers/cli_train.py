@@ -102,8 +102,31 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("-e", "--evaluate", action="store_true",
                    help="evaluate on the validation set only and print the metrics")
     add_config_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, resume_hint=resume_hint)
     return p
+
+
+def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """After Ctrl-C: the command that continues this run from its latest checkpoint (the
+    same flags, --resume pointing at the model dir's checkpoint)."""
+    import shlex
+    from pathlib import Path
+
+    from trainers.checkpoint import CHECKPOINT_NAME
+
+    checkpoint = Path(args.model_dir) / CHECKPOINT_NAME
+    if args.evaluate or not checkpoint.is_file():
+        return "no epoch was checkpointed yet: re-run the same command to start again"
+    kept, skip = [], False
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(flag) >= 3 and "--resume".startswith(flag):   # argparse takes prefixes
+            skip = "=" not in token
+        else:
+            kept.append(token)
+    return f"resume with: onorm {shlex.join(kept + ['--resume', str(checkpoint)])}"
 
 
 def config_from_args(args: argparse.Namespace):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from norms.modes import ECM_MODES, NORM_MODES
-from trainers.decay import parse_fraction
+from trainers.decay import OutOfRange, parse_fraction
 from trainers.errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -46,6 +47,32 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 # Batch size the recipe's lr and momentum were tuned for; other sizes rescale both
 # (trainers/optim.py).
 BASE_BATCH_SIZE = {"cifar10": 128, "cifar100": 128, "imagenet": 256}
+
+# The channel counts that each network's normalization layers see (trainers/models.py builds
+# them; tests/trainers/test_models.py checks the two agree). Group norm's group count must
+# divide every one of them, which the plan checks before anything starts.
+NORM_CHANNELS: dict[str, tuple[int, ...]] = {
+    "resnet": (16, 32, 64),
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (64, 128, 256, 512, 1024, 2048),
+    "resnet101": (64, 128, 256, 512, 1024, 2048),
+    "resnet152": (64, 128, 256, 512, 1024, 2048),
+    "resnext50_32x4d": (64, 128, 256, 512, 1024, 2048),
+    "resnext101_32x8d": (64, 256, 512, 1024, 2048),
+}
+
+# Upper bounds of the integer settings: far beyond any real run, small enough that nothing
+# downstream overflows (Parquet's int64 columns, numpy's 32-bit seeds) or tries to allocate
+# or loop for ever before the first epoch.
+MAX_SEED = 2**32 - 1          # numpy.random.seed takes [0, 2^32 - 1]
+MAX_EPOCHS = 100_000          # also bounds lr_milestones
+MAX_DEPTH = 10_000            # the deepest published CIFAR ResNet has 1202 layers
+MAX_BATCH_SIZE = 2**20
+MAX_WORKERS = 1024
+MAX_IMAGE_SIZE = 1024         # synthetic ImageNet-style images; the real crops are 224
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
+MAX_GROUPS = max(max(channels) for channels in NORM_CHANNELS.values())   # the widest layer
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, low: float | None = None,
@@ -80,16 +107,18 @@ class TrialConfig:
     arch: str = setting("resnet", "network: 'resnet' (CIFAR, 6n+2) or an ImageNet "
                                   f"architecture ({', '.join(IMAGENET_ARCHS)})")
     # ResNet-20 is the paper's CIFAR network (n = 3); ImageNet ignores it.
-    depth: int = setting(20, "depth of the CIFAR ResNet, 6n+2", low=0)
+    depth: int = setting(20, "depth of the CIFAR ResNet, 6n+2", low=0, high=MAX_DEPTH)
     # The paper trains CIFAR for 250 epochs.
-    epochs: int = setting(250, "total epochs", low=1)
+    epochs: int = setting(250, "total epochs", low=1, high=MAX_EPOCHS)
     # The seed scripts' CIFAR batch; the lr and momentum below were tuned for it.
-    batch_size: int = setting(128, "mini-batch size (the global batch)", low=1)
+    batch_size: int = setting(128, "mini-batch size (the global batch)", low=1,
+                              high=MAX_BATCH_SIZE)
     # SGD with lr 0.1 and momentum 0.9: the seed scripts' recipe on every dataset.
     lr: float = setting(0.1, "initial learning rate", low=0, open_low=True)
     # CIFAR: x0.1 after epochs 100, 150 and 200, as in the paper.
     lr_milestones: tuple[int, ...] = setting(
-        (100, 150, 200), "epochs after which the lr is multiplied by lr_multiplier", low=1)
+        (100, 150, 200), "epochs after which the lr is multiplied by lr_multiplier", low=1,
+        high=MAX_EPOCHS)
     # A tenfold drop at each milestone, the seed scripts' step schedule.
     lr_multiplier: float = setting(0.1, "factor applied at each milestone", low=0,
                                    open_low=True)
@@ -108,16 +137,17 @@ class TrialConfig:
     # Layer scaling is the error compensation the paper used for its ResNets.
     ecm: EcmMode = setting("ls", "Online Norm error compensation")
     # The seed scripts' CIFAR group count (ImageNet: 32).
-    gn_num_groups: int = setting(8, "groups of group norm", low=1)
+    gn_num_groups: int = setting(8, "groups of group norm; must divide every layer's channel "
+                                    "count", low=1, high=MAX_GROUPS)
     # CIFAR's seed scripts decay every parameter; ImageNet's meant to exempt norms.
     norm_weight_decay: NormWeightDecay = setting(
         "none", "weight decay on normalization parameters: exempt (none on any), bias (only "
                 "biases exempt, as the seed scripts did), none (decay everywhere)")
     # No seed: not reproducible, as the seed scripts without --seed.
     seed: int | None = setting(None, "seed for initializing training; also makes kernels "
-                                     "deterministic", low=0)
+                                     "deterministic", low=0, high=MAX_SEED)
     # The seed scripts' loader workers; CIFAR augments on the device and ignores it.
-    workers: int = setting(4, "data loading workers", low=0,
+    workers: int = setting(4, "data loading workers", low=0, high=MAX_WORKERS,
                            hint="(0 loads data in the main process)", launch_only=True)
     # The paper trains from scratch.
     pretrained: bool = setting(False, "start from torchvision's ImageNet weights (batch "
@@ -125,6 +155,7 @@ class TrialConfig:
     # 0 means the real 224-pixel ImageNet crops; small sizes serve generated test data.
     synthetic_image_size: int = setting(0, "ImageNet-style folders with images of this "
                                            "many pixels instead of 224", low=0,
+                                        high=MAX_IMAGE_SIZE,
                                         hint="(0: the real 224-pixel crops)")
     # auto picks CUDA when present: where a trial runs, not what it computes.
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", launch_only=True)
@@ -176,11 +207,11 @@ class FieldSpec:
         if low is not None and high is not None:
             left = "(" if self.meta["open_low"] else "["
             right = ")" if self.meta["open_high"] else "]"
-            return f"in {left}{low:g}, {high:g}{right}"
+            return f"in {left}{_bound(low)}, {_bound(high)}{right}"
         if low is not None:
-            return f"{'>' if self.meta['open_low'] else '>='} {low:g}"
+            return f"{'>' if self.meta['open_low'] else '>='} {_bound(low)}"
         if high is not None:
-            return f"{'<' if self.meta['open_high'] else '<='} {high:g}"
+            return f"{'<' if self.meta['open_high'] else '<='} {_bound(high)}"
         return ""
 
     def expected(self) -> str:
@@ -198,6 +229,11 @@ class FieldSpec:
         if low is not None and (number < low or (m["open_low"] and number == low)):
             return False
         return high is None or not (number > high or (m["open_high"] and number == high))
+
+
+def _bound(value: float) -> str:
+    """A range end as written: integers in full (4294967295, not 4.29497e+09)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _spec(f: dataclasses.Field, hint: Any) -> FieldSpec:
@@ -271,13 +307,21 @@ def check_value(spec: FieldSpec, value: Any) -> Any:
         return None
     if not _has_type(spec, value):
         raise SettingError(spec.expected())
-    if spec.kind == "float" and not math.isfinite(value):
+    if spec.kind == "float" and not _finite(value):
         raise SettingError("a finite number")
     if not _in_range(spec, value):
         raise SettingError(spec.expected())
     if spec.kind == "float":
         return float(value)
     return tuple(value) if spec.kind == "int_list" else value
+
+
+def _finite(value: float) -> bool:
+    """Finite as a float; an integer too large for one (10**400) is not."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 _NUMBER = 'a number or a fraction like "1023/1024"'
@@ -291,6 +335,8 @@ def parse_setting(name: str, raw: Any) -> Any:
         if isinstance(raw, str):
             try:
                 raw = parse_fraction(raw)
+            except OutOfRange:
+                raise SettingError("a finite number") from None
             except ValueError:
                 raise SettingError(_NUMBER) from None
         elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
@@ -314,43 +360,72 @@ def make_config(dataset: str, data_dir: str, **overrides: Any) -> TrialConfig:
     return TrialConfig(dataset=dataset, data_dir=str(data_dir), **values)
 
 
+class ConfigError(UserError):
+    """A TrialConfig value that is not allowed; `field` names the setting at fault, so that
+    experiments.yaml checks can point at the key that set it."""
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)   # one argument: it pickles (Ray ships it from workers)
+        self.field = field
+
+
 def check_cifar_depth(depth: int) -> None:
     """The CIFAR ResNet has 6n+2 layers: 3 stages of n two-conv blocks, a stem and the fc."""
     if not (depth >= 8 and (depth - 2) % 6 == 0):
-        raise UserError(f"depth {depth} is not 6n+2 (n >= 1): use e.g. 8, 14, 20, 32, 44, "
-                        "56, 110")
+        raise ConfigError(f"depth {depth} is not 6n+2 (n >= 1): use e.g. 8, 14, 20, 32, 44, "
+                          "56, 110", "depth")
+
+
+def check_group_count(c: TrialConfig) -> None:
+    """Group norm splits each layer's channels into gn_num_groups equal groups."""
+    channels = NORM_CHANNELS.get(c.arch if c.dataset == "imagenet" else "resnet")
+    if c.norm != "group" or channels is None:
+        return
+    bad = [n for n in channels if n % c.gn_num_groups]
+    if bad:
+        divisors = [g for g in range(1, min(channels) + 1)
+                    if all(n % g == 0 for n in channels)]
+        network = c.arch if c.dataset == "imagenet" else "the CIFAR ResNet"
+        raise ConfigError(f"gn_num_groups {c.gn_num_groups} does not divide {bad[0]}, a "
+                          f"channel count of {network} ({'/'.join(map(str, channels))}): use "
+                          f"one of {', '.join(map(str, divisors))}", "gn_num_groups")
 
 
 def validate(c: TrialConfig) -> None:
     """Every field against its spec, then the checks between fields; each message names the
-    setting and what is allowed."""
+    setting and what is allowed (ConfigError.field: which one)."""
     for name, spec in config_specs().items():
         value = getattr(c, name)
         if value is None and spec.optional:
             continue
         if spec.kind == "choice" and not _has_type(spec, value):
-            raise UserError(f"{name} {value!r}: choose one of {', '.join(spec.choices)}")
+            raise ConfigError(f"{name} {value!r}: choose one of {', '.join(spec.choices)}",
+                              name)
         if not _has_type(spec, value):
-            raise UserError(f"{name} must be {spec.expected()}, got {value!r}")
-        if spec.kind == "float" and not math.isfinite(value):
-            raise UserError(f"{name} must be a finite number, got {value!r}")
+            raise ConfigError(f"{name} must be {spec.expected()}, got {value!r}", name)
+        if spec.kind == "float" and not _finite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}", name)
         if not _in_range(spec, value):
             hint = f" {spec.meta['hint']}" if spec.meta.get("hint") else ""
             shown = list(value) if spec.kind == "int_list" else value
-            raise UserError(f"{name} must be {spec.range_text()}{hint}; got {shown!r}")
+            raise ConfigError(f"{name} must be {spec.range_text()}{hint}; got {shown!r}", name)
+    if not DEVICE_PATTERN.fullmatch(c.device):
+        raise ConfigError(f"device {c.device!r} is not a device: use auto, cpu, cuda or cuda:N",
+                          "device")
     if c.amp_dtype != "bfloat16" and not c.amp:
-        raise UserError(f"amp_dtype {c.amp_dtype!r} applies only with amp on: set amp (--amp) "
-                        "or drop amp_dtype")
+        raise ConfigError(f"amp_dtype {c.amp_dtype!r} applies only with amp on: set amp (--amp) "
+                          "or drop amp_dtype", "amp_dtype")
     if c.cuda_graph and c.amp and c.amp_dtype == "float16":
-        raise UserError("cuda_graph with float16 amp: float16 needs dynamic loss scaling, "
-                        "which waits for the GPU every step; use amp_dtype bfloat16, or drop "
-                        "cuda_graph")
+        raise ConfigError("cuda_graph with float16 amp: float16 needs dynamic loss scaling, "
+                          "which waits for the GPU every step; use amp_dtype bfloat16, or drop "
+                          "cuda_graph", "cuda_graph")
     if c.dataset == "imagenet":
         if c.arch not in IMAGENET_ARCHS:
-            raise UserError(f"arch {c.arch!r} for imagenet: choose one of "
-                            f"{', '.join(IMAGENET_ARCHS)}")
+            raise ConfigError(f"arch {c.arch!r} for imagenet: choose one of "
+                              f"{', '.join(IMAGENET_ARCHS)}", "arch")
     else:
         if c.arch != "resnet":
-            raise UserError(f"arch {c.arch!r} for {c.dataset}: only 'resnet' (the CIFAR "
-                            "ResNet, sized by depth)")
+            raise ConfigError(f"arch {c.arch!r} for {c.dataset}: only 'resnet' (the CIFAR "
+                              "ResNet, sized by depth)", "arch")
         check_cifar_depth(c.depth)
+    check_group_count(c)

@@ -9,15 +9,22 @@ import math
 from fractions import Fraction
 
 
+class OutOfRange(ValueError):
+    """A well-formed number too large for a float."""
+
+
 def parse_fraction(text: str) -> float:
     """A number or an exact fraction such as "1023/1024"; parsed, never evaluated as code.
 
-    Raises ValueError for anything else (ZeroDivisionError included).
+    Raises ValueError for anything else: a zero divisor, or a value beyond float's range
+    ("1e1000", which would otherwise be an OverflowError).
     """
     try:
         return float(Fraction(text.strip()))
     except ZeroDivisionError:
         raise ValueError(f"{text!r} divides by zero") from None
+    except OverflowError:
+        raise OutOfRange(f"{text!r} is beyond the range of a float") from None
 
 
 def dyadic(k: int) -> float:

@@ -8,3 +8,12 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read: damaged, or not an onorm checkpoint. `reason` is
+    the short cause ("UnpicklingError: ...") without the advice."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)   # one argument: it pickles (Ray ships it from workers)
+        self.reason = reason

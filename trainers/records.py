@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-from trainers.atomic import replace_atomically
 from trainers.config import TrialConfig
+from trainers.parquet_io import DamagedParquet, read_parquet, write_parquet_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,23 +58,23 @@ def _normalize_dtypes(df: "pd.DataFrame") -> "pd.DataFrame":
     return df
 
 
-def write_parquet_atomic(df: "pd.DataFrame", path: str | Path) -> None:
-    """Write `df` to `path` so readers see the old file or the new one, never half of one."""
-    replace_atomically(path, lambda tmp: df.to_parquet(tmp, index=False))
-
-
 def upsert_rows(path: str | Path, rows: Sequence[Mapping[str, Any]],
                 key: Sequence[str] = ("trial_id", "epoch")) -> "pd.DataFrame":
     """Merge `rows` into the Parquet file at `path`, replacing rows with the same `key`.
 
     Last wins (retries and resumes re-report epochs); the result is sorted by `key` and
-    written atomically. Returns the merged frame.
+    written atomically. Returns the merged frame. A damaged file is refused (DamagedParquet),
+    never overwritten.
     """
     import pandas as pd
     path = Path(path)
     new = pd.DataFrame(list(rows))
     if path.exists():
-        old = pd.read_parquet(path)
+        try:
+            old = read_parquet(path, required=key)
+        except DamagedParquet as err:
+            raise DamagedParquet(f"{err}: move it aside (the run then writes a new one from "
+                                 "this epoch on) or restore it", err.reason) from None
         merged = pd.concat([old, new], ignore_index=True) if len(new) else old
     else:
         merged = new

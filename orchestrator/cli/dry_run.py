@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from orchestrator.cli.progress import trial_progress
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec, describe_options
+from trainers.errors import UserError
 
 
 def print_plan(experiment, trials: list[TrialSpec], results_root: Path,
@@ -15,7 +17,10 @@ def print_plan(experiment, trials: list[TrialSpec], results_root: Path,
     from rich.table import Table
 
     layout = ExperimentLayout.of(results_root, experiment.name)
-    progress = trial_progress(layout, trials, done_statuses)
+    try:
+        progress, warning = trial_progress(layout, trials, done_statuses), None
+    except UserError as err:   # a damaged trials.parquet: the trial store still says what ran
+        progress, warning = trial_progress(layout, trials, done_statuses, parquet=False), err
     table = Table(title=f"{experiment.name}: {len(trials)} trials "
                         f"({experiment.dataset}, results in {layout.dir})",
                   title_justify="left")
@@ -35,3 +40,5 @@ def print_plan(experiment, trials: list[TrialSpec], results_root: Path,
     console = Console(width=max(Console().width, 140))
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if warning is not None:
+        print(f"warning: {warning} (listed above from the trial store alone)", file=sys.stderr)

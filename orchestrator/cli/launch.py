@@ -34,17 +34,51 @@ def add_launch_arguments(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def load_launch(args: argparse.Namespace, kind: str):
-    """(experiment, data_dir override or None, results root) for `onorm run` / `onorm tune`;
-    a UserError naming the right command when the experiment is of another kind."""
-    from orchestrator.plan.experiments import get_experiment, load_experiments
+    """(experiment, data_dir override or None, results root, experiments file) for `onorm
+    run` / `onorm tune`; a UserError naming the right command when the experiment is of
+    another kind. Only this experiment is checked; the file's others need only parse."""
+    from orchestrator.plan.experiments import (
+        default_config_path,
+        get_experiment,
+        load_experiments,
+    )
 
-    experiment = get_experiment(load_experiments(args.config), args.experiment)
+    config = Path(args.config).absolute() if args.config else default_config_path()
+    experiment = get_experiment(load_experiments(config), args.experiment)
     if experiment.kind != kind:
         command = "run" if experiment.kind == "grid" else experiment.kind
         raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment: "
                         f"run it with `onorm {command} {experiment.name}`")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    return experiment, data_dir, Path(args.results).expanduser().resolve()
+    return experiment, data_dir, Path(args.results).expanduser().resolve(), config
+
+
+def check_devices(experiment, trials, address: str | None) -> None:
+    """Trials pinned to a CUDA device need it on this machine when Ray runs here (no
+    --address or RAY_ADDRESS). On a cluster the driver may have no GPU at all while the
+    workers do, so there the trial's own node decides, and one without the device fails the
+    trial at once with the reason (a UserError is never retried)."""
+    import os
+
+    from orchestrator.plan.experiments import setting_key_path
+    from orchestrator.plan.fields import where
+
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    pinned = sorted({t.config.device for t in trials if t.config.device.startswith("cuda")})
+    if not pinned:
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in pinned:
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            have = "no CUDA device" if not count else f"only {count} GPU(s)"
+            key = setting_key_path(experiment, "device", device)
+            raise UserError(f"{where(experiment.name, key)}: {device!r}, but this machine has "
+                            f"{have}: use device auto or cpu, --cpu-only, or --address to "
+                            "run on a cluster whose nodes have it")
 
 
 def check_data(experiment, trials) -> str | None:
@@ -88,14 +122,16 @@ def prepare_data(experiment, trials, problem: str | None) -> None:
         ensure_synthetic_cifar(trials[0].config.data_dir, experiment.dataset, experiment.synthetic)
 
 
-def write_resolved(experiment, trials, results_root: Path) -> None:
+def write_resolved(experiment, trials, results_root: Path, config: Path | None = None) -> None:
     """experiment.yaml in the experiment folder: the experiment as resolved, every trial's
-    config."""
+    config, and the experiments file it came from (for the command that rebuilds it)."""
     import yaml
 
     from trainers.atomic import write_text_atomically
 
     resolved = experiment.to_dict()
+    if config is not None:
+        resolved["config"] = str(config)
     resolved["trials"] = [t.to_payload() for t in trials]
     write_text_atomically(ExperimentLayout.of(results_root, experiment.name).resolved,
                           yaml.safe_dump(resolved, sort_keys=False))

@@ -5,19 +5,21 @@ from __future__ import annotations
 from orchestrator.execute.store import read_state
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
+from orchestrator.report.results import read_results
 
 
 def trial_progress(layout: ExperimentLayout, trials: list[TrialSpec],
-                   done_statuses: tuple[str, ...] = DONE_STATUSES
+                   done_statuses: tuple[str, ...] = DONE_STATUSES, parquet: bool = True
                    ) -> dict[str, tuple[str, int, str]]:
     """trial_id -> (done|partial|new, epochs done, recorded status) from Parquet and the
-    trial store; done_statuses: those a rerun skips (a search also skips what its scheduler
-    stopped)."""
+    trial store (the store alone when not `parquet`); done_statuses: those a rerun skips (a
+    search also skips what its scheduler stopped). A damaged trials.parquet is a UserError
+    naming the fix."""
     recorded: dict[str, dict] = {}
-    if layout.trials.exists():
-        import pyarrow.parquet as pq  # lighter than pandas: keeps --dry-run fast
-
-        table = pq.read_table(layout.trials, columns=["trial_id", "status", "epochs_done"])
+    # Arrow, not pandas: keeps --dry-run fast
+    table = (read_results(layout, "trials", ["trial_id", "status", "epochs_done"], arrow=True)
+             if parquet else None)
+    if table is not None:
         recorded = {r["trial_id"]: r for r in table.to_pylist()}
     out = {}
     for trial in trials:

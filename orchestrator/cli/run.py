@@ -11,6 +11,7 @@ import sys
 from orchestrator.cli.launch import (
     add_launch_arguments,
     check_data,
+    check_devices,
     failed_hint,
     load_launch,
     prepare_data,
@@ -32,7 +33,7 @@ def add_parser(subparsers) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from orchestrator.plan.trials import expand
 
-    experiment, data_dir, results_root = load_launch(args, "grid")
+    experiment, data_dir, results_root, config = load_launch(args, "grid")
     trials = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
     problem = check_data(experiment, trials)
     if args.dry_run:
@@ -42,14 +43,15 @@ def run_command(args: argparse.Namespace) -> int:
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
+    check_devices(experiment, trials, args.address)
     prepare_data(experiment, trials, problem)
-    write_resolved(experiment, trials, results_root)
     from orchestrator.execute.runner import run_trials
 
     summary = run_trials(
         experiment.name, trials, results_root, address=args.address,
         max_concurrent=args.max_concurrent or experiment.max_concurrent,
-        max_failures=experiment.max_failures)
+        max_failures=experiment.max_failures,
+        on_start=lambda: write_resolved(experiment, trials, results_root, config))
     write_report(summary.layout)
     return print_summary(experiment, trials, summary)
 

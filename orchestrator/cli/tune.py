@@ -14,6 +14,7 @@ from pathlib import Path
 from orchestrator.cli.launch import (
     add_launch_arguments,
     check_data,
+    check_devices,
     failed_hint,
     load_launch,
     prepare_data,
@@ -35,7 +36,7 @@ def add_parser(subparsers) -> None:
 def tune_command(args: argparse.Namespace) -> int:
     from orchestrator.plan.tune_kind import planned_points, point_trials
 
-    experiment, data_dir, results_root = load_launch(args, "tune")
+    experiment, data_dir, results_root, config = load_launch(args, "tune")
     points = planned_points(experiment)
     known = points if points is not None else [{"afwd": 0.5, "abkw": 0.5}]  # Optuna: data check
     trials = point_trials(experiment, known, data_dir=data_dir, cpu_only=args.cpu_only)
@@ -49,20 +50,21 @@ def tune_command(args: argparse.Namespace) -> int:
         from orchestrator.execute.search import import_optuna
 
         import_optuna()   # a missing optional package is reported before anything starts
+    check_devices(experiment, trials, args.address)
     prepare_data(experiment, trials, problem)
+    planned = trials if points is not None else []
     options = dict(address=args.address, data_dir=data_dir, cpu_only=args.cpu_only,
-                   max_concurrent=args.max_concurrent or experiment.max_concurrent)
+                   max_concurrent=args.max_concurrent or experiment.max_concurrent,
+                   on_start=lambda: write_resolved(experiment, planned, results_root, config))
     from orchestrator.execute.search import run_optuna, run_points, search_setting
 
     if points is not None:
-        write_resolved(experiment, trials, results_root)
         summaries = [run_points(experiment, points, results_root, options)]
     else:
         import ray
 
         from orchestrator.execute.runner import connect
 
-        write_resolved(experiment, [], results_root)
         started = connect(args.address)   # one Ray for every Optuna batch
         try:
             summaries = run_optuna(experiment, results_root, options)

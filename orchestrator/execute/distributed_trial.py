@@ -7,7 +7,8 @@ the latest checkpoint, so each rank resumes from it. Each worker runs `train()` 
 group Ray Train set up (NCCL on GPUs, gloo on CPUs); rank 0 sends every epoch's checkpoint and
 metrics to the store, then all ranks report (Ray Train's report is a barrier) and Tune hears
 rank 0's metrics. A worker that dies fails the Train run, hence the Tune trial, which Tune
-retries from the store like a single-process trial.
+retries from the store like a single-process trial; a rank's UserError (bad input) fails the
+trial without a retry, as in a single-process trial.
 """
 
 from __future__ import annotations
@@ -27,31 +28,64 @@ def run_distributed(params: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.execute.trainable import STORE_NAMESPACE
+    from orchestrator.execute.trainable import (
+        STORE_NAMESPACE,
+        node_context,
+        record_failure,
+        resume_point,
+    )
 
     payload = params["trial"]
     trial_id, res = payload["trial_id"], payload["resources"]
     store = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
-    start = ray.get(store.begin.remote(trial_id))
-    checkpoint = start.pop("checkpoint")
+    start = ray.get(store.begin.remote(trial_id, payload, node_context(params)))
     per_worker = {"CPU": res["cpu"], "GPU": res["gpu"]} if res["gpu"] else {"CPU": res["cpu"]}
     storage = Path(tempfile.mkdtemp(prefix=f"onorm-train-{trial_id}-"))
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={"params": params, "start": start,
-                           "checkpoint": ray.put(checkpoint) if checkpoint else None},
-        scaling_config=ray.train.ScalingConfig(num_workers=int(res["workers"]),
-                                               use_gpu=res["gpu"] > 0,
-                                               resources_per_worker=per_worker),
-        run_config=ray.train.RunConfig(
-            name=f"{trial_id}-attempt{start['attempt']}", storage_path=str(storage),
-            callbacks=[TuneReportCallback()],
-            # a lost worker ends this attempt; Tune's retry resumes it from the store
-            failure_config=ray.train.FailureConfig(max_failures=0)))
+    scratch = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-coordinator-"))
     try:
-        trainer.fit()
+        start, _ = resume_point(store, trial_id, start, scratch)
+        checkpoint = start.pop("checkpoint")
+        trainer = TorchTrainer(
+            worker_loop,
+            train_loop_config={"params": params, "start": start,
+                               "checkpoint": ray.put(checkpoint) if checkpoint else None},
+            scaling_config=ray.train.ScalingConfig(num_workers=int(res["workers"]),
+                                                   use_gpu=res["gpu"] > 0,
+                                                   resources_per_worker=per_worker),
+            run_config=ray.train.RunConfig(
+                name=f"{trial_id}-attempt{start['attempt']}", storage_path=str(storage),
+                callbacks=[TuneReportCallback()],
+                # a lost worker ends this attempt; Tune's retry resumes it from the store
+                failure_config=ray.train.FailureConfig(max_failures=0)))
+        try:
+            trainer.fit()
+        except Exception as err:
+            # a rank's UserError fails every try alike: the trial fails, Tune does not retry
+            failure = user_error_in(err)
+            if failure is None:
+                raise
+            record_failure(store, trial_id, failure, params)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def user_error_in(err: BaseException):
+    """The UserError behind a failed Train run (a rank's, in WorkerGroupError's
+    worker_failures, or anywhere in the exception chain), or None."""
+    from trainers.errors import UserError
+
+    stack, seen = [err], set()
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, UserError):
+            return error
+        stack += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+        stack += list((getattr(error, "worker_failures", None) or {}).values())
+    return None
 
 
 def worker_loop(loop_config: dict[str, Any]) -> None:
@@ -88,7 +122,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             metrics = store_epoch(store, trial_id, metrics, checkpoint_path)
         ray.train.report({**metrics, **context, "epoch": int(metrics["epoch"])})
         if rank == 0:
-            die_if_asked(hooks, start["attempt"], int(metrics["epoch"]))
+            die_if_asked(hooks, start["attempt"], int(metrics["epoch"]), trial_id)
 
     try:
         outcome = train(config, report, model_dir=model_dir, resume=resume, progress=False,

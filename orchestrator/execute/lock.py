@@ -18,15 +18,26 @@ def experiment_lock(exp_dir: Path) -> Iterator[None]:
     process holds it.
 
     The OS releases the lock when its holder dies, even by SIGKILL, so a rerun after a crash
-    is never refused.
+    is never refused. Folders this call created are removed again if the block wrote
+    nothing into them (a run refused before it started leaves nothing behind).
     """
     layout = ExperimentLayout(Path(exp_dir))
+    created = [p for p in (layout.dir, *layout.dir.parents) if not p.exists()]
     layout.dir.mkdir(parents=True, exist_ok=True)
-    with open(layout.lock, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another run of {layout.name!r} is writing {layout.dir} (it "
-                            f"holds {layout.lock}): wait for it to finish, or give this one "
-                            "another --results folder") from None
-        yield
+    try:
+        with open(layout.lock, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UserError(f"another run of {layout.name!r} is writing {layout.dir} (it "
+                                f"holds {layout.lock}): wait for it to finish, or give this "
+                                "one another --results folder") from None
+            yield
+    finally:
+        if created and [p.name for p in layout.dir.iterdir()] == [layout.lock.name]:
+            layout.lock.unlink()
+            for folder in created:   # innermost first
+                try:
+                    folder.rmdir()
+                except OSError:   # something else was put there meanwhile: keep it
+                    break

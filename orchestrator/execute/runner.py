@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from orchestrator.execute.distributed_trial import COORDINATOR_CPU
 from orchestrator.execute.live import LiveView
@@ -155,26 +155,39 @@ def error_text(trial) -> str:
     return f"{message} (traceback: {path})"
 
 
+def reconcile_folder(layout: ExperimentLayout, skip_statuses: tuple[str, ...]) -> None:
+    """Make an experiment folder's Parquet files agree with its trial store (rebuilding a
+    damaged one) without running anything: for readers that come before the first run of
+    this process, such as the Optuna study's rebuild."""
+    if not layout.dir.is_dir():
+        return
+    with experiment_lock(layout.dir):
+        Recorder(layout, [], provenance(), skip_statuses=skip_statuses)
+
+
 def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Path, *,
                address: str | None = None, max_concurrent: int | None = None,
                scheduler: Any = None, search_alg: Any = None, metric: str = "val_acc1",
                mode: str = "max", max_failures: int = 2,
                skip_statuses: tuple[str, ...] = DONE_STATUSES,
-               hooks: dict[str, Any] | None = None, live: LiveView | None = None
-               ) -> RunSummary:
+               hooks: dict[str, Any] | None = None, live: LiveView | None = None,
+               on_start: Callable[[], None] | None = None) -> RunSummary:
     """Run the trials that are not done yet; return the count of trials by final status.
 
     `scheduler`/`search_alg` are handed to Tune (e.g. ASHA for tuning; `metric`/`mode` then
     apply). Give schedulers `time_attr="epoch"`: a resumed trial's training_iteration restarts
     at 1 while its epoch does not. The param space is a grid over the trials' payloads, so a
     search_alg must accept grid_search (BasicVariantGenerator, or one wrapped in a
-    ConcurrencyLimiter). A trial a scheduler ends early is recorded as 'stopped'. `hooks` are
-    test-only (e.g. {"exit_after_epoch": 2} kills the worker once on the first attempt).
+    ConcurrencyLimiter). A trial a scheduler ends early is recorded as 'stopped'. `on_start`
+    runs once the run is sure to go ahead (after the cluster check), e.g. to write the
+    resolved experiment.yaml: a refused run writes nothing. `hooks` are test-only (e.g.
+    {"exit_after_epoch": 2, "trials": [id]} kills the worker once on the first attempt).
     """
     layout = ExperimentLayout.of(Path(results_root).resolve(), experiment)
     with experiment_lock(layout.dir):   # one writer per folder
         live = live or LiveView(experiment)
-        recorder = Recorder(layout, trials, provenance(), skip_statuses=skip_statuses,
+        record = provenance()
+        recorder = Recorder(layout, trials, record, skip_statuses=skip_statuses,
                             on_change=live)
         summary = RunSummary(experiment, {}, layout,
                              skipped=[t.trial_id for t in recorder.skipped()])
@@ -183,6 +196,8 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                   file=sys.stderr)
         pending = recorder.pending()
         if not pending:
+            if on_start is not None:
+                on_start()
             summary.counts = recorder.counts()
             return summary
 
@@ -192,6 +207,9 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
         started_ray = connect(address)
         try:
             check_resources(pending)
+            if on_start is not None:
+                on_start()
+            recorder.write(metrics=True)
             store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
             store = start_store(layout.store, store_name)
 
@@ -211,7 +229,9 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
             tuner = tune.Tuner(
                 tune.with_resources(run_trial, resources),
                 param_space={"trial": tune.grid_search([t.to_payload() for t in pending]),
-                             "store": store_name, "experiment": experiment, "hooks": hooks or {}},
+                             "store": store_name, "store_root": str(layout.store),
+                             "experiment": experiment, "provenance": record,
+                             "hooks": hooks or {}},
                 tune_config=tune.TuneConfig(**tune_config),
                 run_config=tune.RunConfig(
                     name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(layout.ray),

@@ -15,11 +15,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from orchestrator.execute.runner import RunSummary, run_trials
+from orchestrator.execute.runner import RunSummary, reconcile_folder, run_trials
 from orchestrator.layout import SEARCH_DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trial_id import setting_key
 from orchestrator.plan.tune_kind import point_trials, space_of
 from orchestrator.report.ranking import POINT_KEYS, load_ranking
+from orchestrator.report.results import read_results
 from trainers.config import make_config
 from trainers.decay import dyadic, dyadic_k
 from trainers.errors import UserError
@@ -55,7 +56,8 @@ def run_points(experiment, points, results_root: Path, options: dict[str, Any]) 
     return run_trials(experiment.name, trials, results_root, address=options.get("address"),
                       max_concurrent=options.get("max_concurrent"),
                       scheduler=make_scheduler(experiment), metric="val_acc1", mode="max",
-                      max_failures=experiment.max_failures, skip_statuses=SEARCH_DONE_STATUSES)
+                      max_failures=experiment.max_failures, skip_statuses=SEARCH_DONE_STATUSES,
+                      on_start=options.get("on_start"))
 
 
 def import_optuna():
@@ -108,12 +110,10 @@ def _finite(value: float | None) -> float | None:
 def recorded_points(results_root: Path, experiment) -> tuple[list, list]:
     """(finished, unfinished) configurations recorded for this search's setting, in trial
     order."""
-    import pandas as pd
-
     layout = ExperimentLayout.of(results_root, experiment.name)
-    if not layout.trials.exists():
+    trials = read_results(layout, "trials")
+    if trials is None:
         return [], []
-    trials = pd.read_parquet(layout.trials)
     setting = search_setting(experiment)
     mine = trials["config_json"].map(lambda raw: setting_key(json.loads(raw), POINT_KEYS)
                                      == setting)
@@ -167,6 +167,8 @@ def run_optuna(experiment, results_root: Path, options: dict[str, Any]) -> list[
     extra = experiment.extra
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=extra["search_seed"]))
+    # the record Optuna is rebuilt from must first agree with the trial store
+    reconcile_folder(ExperimentLayout.of(results_root, experiment.name), SEARCH_DONE_STATUSES)
     finished, unfinished = recorded_points(results_root, experiment)
     scores = config_scores(results_root, experiment)
     done = {(p["afwd"], p["abkw"]) for p in finished}

@@ -1,39 +1,88 @@
-"""Each trial's latest checkpoint and progress, kept on the driver's machine.
+"""Each trial's checkpoints and per-epoch history, kept on the driver's machine.
 
 Trials may run on nodes without a shared filesystem, so their checkpoints travel as bytes to
-one store that lives beside the results: the experiment folder's `checkpoints/<trial_id>/` holds
-`checkpoint.pth.tar` (the trainer's latest) and `state.json` (epoch of that checkpoint,
-attempts, the trial's outcome once it returned, and every epoch's metrics). Both are
-replaced atomically, the checkpoint before the state, so the state never points at an epoch
-whose checkpoint is missing. This survives a SIGKILL of the driver: the next `onorm run`
-resumes each trial from here. `CheckpointStore` is the plain-Python core; the Ray actor
-wrapping it is made by `store_actor_class()` so this module never imports ray.
+one store that lives beside the results: the experiment folder's `checkpoints/<trial_id>/`
+holds the trainer's two latest checkpoints (`checkpoint-<epoch>.pth.tar`), `state.json`
+(each checkpoint's epoch and sha256, attempts, the trial's outcome once it returned, and
+every epoch's metrics: the source of truth for what the trial has done) and `trial.json`
+(the trial's config, so that the Parquet files can be rebuilt from here alone). Every file
+is replaced atomically, a checkpoint before the state that names it, so the state never
+points at a checkpoint that was not completely written.
+
+A checkpoint whose bytes no longer match their checksum (a truncated or overwritten file)
+is set aside as `<name>.damaged-<time>` and the trial resumes from the previous one, or from epoch
+1 when none is intact; the attempt is told so in one line. This survives a SIGKILL of the
+driver: the next `onorm run` resumes each trial from here. `CheckpointStore` is the
+plain-Python core; the Ray actor wrapping it is made by `store_actor_class()` so this module
+never imports ray.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from trainers.atomic import write_bytes_durably
+from trainers.atomic import move_aside, write_bytes_durably
 
-CHECKPOINT_NAME = "checkpoint.pth.tar"
+LEGACY_CHECKPOINT = "checkpoint.pth.tar"   # the one checkpoint of stores written before sha256s
 STATE_NAME = "state.json"
+SPEC_NAME = "trial.json"
+KEEP = 2   # the latest checkpoint and the one before it
+_CHECKPOINT_FILE = re.compile(r"checkpoint-(\d+)\.pth\.tar")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"checkpoint-{int(epoch)}.pth.tar"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_state(trial_dir: Path) -> dict[str, Any]:
-    """The trial's state, or an empty one (epoch 0) when nothing was stored yet."""
+    """The trial's state, or an empty one (epoch 0) when nothing was stored yet.
+
+    An unreadable state.json gives an empty state marked `damaged` (its history is gone, but
+    its checkpoint files are still found, unverified), never an exception.
+    """
+    path = trial_dir / STATE_NAME
+    state: dict[str, Any] = {}
     try:
-        state = json.loads((trial_dir / STATE_NAME).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        state = {}
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:   # JSONDecodeError and UnicodeDecodeError included
+        state = {"damaged": f"{STATE_NAME} is unreadable ({type(err).__name__})"}
     state.setdefault("epoch", 0)
     state.setdefault("attempts", 0)
     state.setdefault("start_epoch", 0)   # first epoch of the latest attempt
     state.setdefault("outcome", None)
+    state.setdefault("error", "")
     state.setdefault("history", [])
+    if "checkpoints" not in state:
+        state["checkpoints"] = _unrecorded_checkpoints(trial_dir, state)
     return state
+
+
+def _unrecorded_checkpoints(trial_dir: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Checkpoint files without a recorded checksum (a store from before checksums, or a
+    damaged state.json), newest first; the trainable checks that they load."""
+    if "damaged" not in state:
+        legacy = trial_dir / LEGACY_CHECKPOINT
+        if state["epoch"] > 0 and legacy.is_file():
+            return [{"epoch": int(state["epoch"]), "file": LEGACY_CHECKPOINT, "sha256": None}]
+        return []
+    found = []
+    for path in trial_dir.glob("checkpoint-*.pth.tar"):
+        match = _CHECKPOINT_FILE.fullmatch(path.name)
+        if match:
+            found.append({"epoch": int(match.group(1)), "file": path.name, "sha256": None})
+    return sorted(found, key=lambda e: -e["epoch"])[:KEEP]
 
 
 class CheckpointStore:
@@ -48,42 +97,152 @@ class CheckpointStore:
     def state(self, trial_id: str) -> dict[str, Any]:
         return read_state(self.trial_dir(trial_id))
 
-    def _write_state(self, trial_id: str, state: dict[str, Any]) -> None:
-        write_bytes_durably(self.trial_dir(trial_id) / STATE_NAME,
-                     json.dumps(state, allow_nan=True).encode())
+    def spec(self, trial_id: str) -> dict[str, Any] | None:
+        """The trial's payload as stored at its first attempt (None if never stored)."""
+        try:
+            spec = json.loads((self.trial_dir(trial_id) / SPEC_NAME).read_text())
+        except (OSError, ValueError):
+            return None
+        return spec if isinstance(spec, dict) else None
 
-    def begin(self, trial_id: str) -> dict[str, Any]:
-        """Count one more attempt; return {attempt, epoch, checkpoint bytes or None}."""
+    def trial_ids(self) -> list[str]:
+        """Every trial this store holds anything of."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and (p / STATE_NAME).exists())
+
+    def _write_state(self, trial_id: str, state: dict[str, Any]) -> None:
+        state = {k: v for k, v in state.items() if k != "damaged"}
+        state["epoch"] = state["checkpoints"][0]["epoch"] if state["checkpoints"] else 0
+        write_bytes_durably(self.trial_dir(trial_id) / STATE_NAME,
+                            json.dumps(state, allow_nan=True).encode())
+
+    def _open_state(self, trial_id: str) -> dict[str, Any]:
+        """The state to update; a damaged state.json is first set aside, never overwritten."""
         state = self.state(trial_id)
-        path = self.trial_dir(trial_id) / CHECKPOINT_NAME
-        data = path.read_bytes() if state["epoch"] > 0 and path.exists() else None
+        if "damaged" in state:
+            path = self.trial_dir(trial_id) / STATE_NAME
+            move_aside(path)
+        return state
+
+    def begin(self, trial_id: str, spec: dict[str, Any] | None = None,
+              context: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Count one more attempt; return {attempt, epoch, checkpoint bytes or None}, plus
+        `warning` (one line) when the latest checkpoint was damaged and `unverified` when the
+        checkpoint has no checksum to check it by.
+
+        `spec` (the trial's payload) is kept as trial.json; `context` describes the attempt
+        (host, device, provenance) and is kept in the state.
+        """
+        state = self._open_state(trial_id)
+        if spec is not None and self.spec(trial_id) is None:
+            write_bytes_durably(self.trial_dir(trial_id) / SPEC_NAME,
+                                json.dumps(spec, sort_keys=True).encode())
+        start = self._select(trial_id, state)
         state["attempts"] += 1
         state["outcome"] = None
-        state["start_epoch"] = (state["epoch"] if data else 0) + 1
+        state["error"] = ""
+        state["start_epoch"] = start["epoch"] + 1
+        if context:
+            state["context"] = dict(context)
+            state.setdefault("first_git_commit", context.get("git_commit", ""))
         self._write_state(trial_id, state)
-        return {"attempt": state["attempts"], "epoch": state["start_epoch"] - 1,
-                "checkpoint": data}
+        return {"attempt": state["attempts"], **start}
+
+    def discard(self, trial_id: str, epoch: int, reason: str) -> dict[str, Any]:
+        """The checkpoint of `epoch` would not load (an unverified one): set it aside and
+        return where this attempt resumes instead, as begin() does (not a new attempt)."""
+        state = self._open_state(trial_id)
+        for entry in state["checkpoints"]:
+            if entry["epoch"] == epoch:
+                entry["problem"] = reason
+        start = self._select(trial_id, state)
+        state["start_epoch"] = start["epoch"] + 1
+        self._write_state(trial_id, state)
+        return {"attempt": state["attempts"], **start}
+
+    def _select(self, trial_id: str, state: dict[str, Any]) -> dict[str, Any]:
+        """The newest intact checkpoint; damaged ones are set aside and dropped from the
+        state (which the caller writes)."""
+        folder = self.trial_dir(trial_id)
+        lost: list[tuple[int, str]] = []
+        chosen, data = None, None
+        for entry in state["checkpoints"]:
+            problem = entry.pop("problem", None)
+            path = folder / entry["file"]
+            if problem is None:
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    problem = "missing"
+                else:
+                    if entry["sha256"] is not None and sha256(data) != entry["sha256"]:
+                        problem = f"damaged ({len(data)} bytes, checksum mismatch)"
+            if problem is None:
+                chosen = entry
+                break
+            lost.append((entry["epoch"], problem))
+            if path.exists():
+                move_aside(path)
+        state["checkpoints"] = [e for e in state["checkpoints"]
+                                if chosen is not None and e["epoch"] <= chosen["epoch"]]
+        out: dict[str, Any] = {"epoch": chosen["epoch"] if chosen else 0,
+                               "checkpoint": data if chosen else None}
+        if chosen is not None and chosen["sha256"] is None:
+            out["unverified"] = True
+        if lost or "damaged" in state:
+            out["warning"] = _lost_text(trial_id, lost, chosen, state.get("damaged"))
+        return out
 
     def put(self, trial_id: str, epoch: int, data: bytes | None, metrics: dict[str, Any]) -> None:
         """Store the checkpoint written after `epoch` and that epoch's metrics.
 
         data None (a diverged epoch has no checkpoint of its own) records only the metrics.
         """
-        state = self.state(trial_id)
+        state = self._open_state(trial_id)
+        folder = self.trial_dir(trial_id)
         if data is not None:
-            write_bytes_durably(self.trial_dir(trial_id) / CHECKPOINT_NAME, data)
-            state["epoch"] = int(epoch)
+            name = checkpoint_name(epoch)
+            write_bytes_durably(folder / name, data)
+            entry = {"epoch": int(epoch), "file": name, "sha256": sha256(data)}
+            older = [e for e in state["checkpoints"] if e["epoch"] < int(epoch)]
+            state["checkpoints"] = [entry] + older[:KEEP - 1]
         history = [m for m in state["history"] if int(m["epoch"]) != int(epoch)]
         state["history"] = sorted(history + [metrics], key=lambda m: int(m["epoch"]))
         self._write_state(trial_id, state)
+        if data is not None:   # only once the state no longer names them
+            kept = {e["file"] for e in state["checkpoints"]}
+            for path in folder.glob("checkpoint*.pth.tar"):
+                if path.name not in kept:
+                    path.unlink(missing_ok=True)
 
-    def finish(self, trial_id: str, outcome: str) -> None:
-        state = self.state(trial_id)
+    def finish(self, trial_id: str, outcome: str, error: str = "") -> None:
+        state = self._open_state(trial_id)
         state["outcome"] = outcome
+        state["error"] = error
         self._write_state(trial_id, state)
 
     def outcome(self, trial_id: str) -> str | None:
         return self.state(trial_id)["outcome"]
+
+
+def _lost_text(trial_id: str, lost: list[tuple[int, str]], chosen: dict[str, Any] | None,
+               damaged_state: str | None) -> str:
+    """One line: which checkpoint was unusable and what is trained again."""
+    parts = [f"the checkpoint of epoch {e} is {problem}" for e, problem in lost]
+    if damaged_state:
+        parts.insert(0, f"{damaged_state}, set aside; its epoch history is lost here (the "
+                        "Parquet rows keep it)")
+    newest = max([e for e, _ in lost], default=chosen["epoch"] if chosen else 0)
+    first = chosen["epoch"] + 1 if chosen is not None else 1
+    redo = ("" if newest < first else f"; epoch {newest} is trained again" if newest == first
+            else f"; epochs {first}-{newest} are trained again")
+    if chosen is not None:
+        resume = f"resuming from epoch {chosen['epoch']}'s checkpoint{redo}"
+    else:
+        resume = f"no intact checkpoint is left: training from epoch 1{redo}"
+    return f"trial {trial_id}: {'; '.join(parts)}: {resume}"
 
 
 def store_actor_class():

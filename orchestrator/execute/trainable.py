@@ -2,15 +2,21 @@
 
 Runs in a Ray worker, possibly on another node. At every start (first try, a retry after
 the worker died, or a new `onorm run` after the driver died) it asks the checkpoint store
-on the driver's node for the trial's latest checkpoint and resumes from it. Each epoch the
-trainer's checkpoint is sent to the store before the epoch is reported to Tune, so any
-epoch the driver has recorded can be resumed from. Tune's own checkpoints are not used.
+on the driver's node for the trial's latest intact checkpoint and resumes from it. Each
+epoch the trainer's checkpoint is sent to the store before the epoch is reported to Tune, so
+any epoch the driver has recorded can be resumed from. Tune's own checkpoints are not used.
+
+Bad input the trial finds (a UserError: a dataset missing on this node, a checkpoint that
+does not match) fails the same way on every try, so it is recorded in the store as the
+trial's outcome, `failed` with the message, and the trainable returns: Tune does not retry
+it. Anything else (a dead worker, a lost node) is raised and retried up to max_failures.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 STORE_NAMESPACE = "onorm"
+RESUME_NAME = "resume.pth.tar"
 
 
 def config_from_dict(values: dict[str, Any]):
@@ -46,8 +53,23 @@ def device_name(config) -> str:
     return "cpu"
 
 
+def node_context(params: dict[str, Any]) -> dict[str, Any]:
+    """Where and by which code this attempt runs; the store keeps it with the attempt."""
+    import ray
+
+    return {
+        "host": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+        "pid": os.getpid(),
+        "started_at": time.time(),
+        **(params.get("provenance") or {}),
+    }
+
+
 def attempt_context(trial_id: str, start: dict[str, Any], config) -> dict[str, Any]:
-    """What this attempt reports beside each epoch's metrics (copied into trials.parquet)."""
+    """What this attempt reports beside each epoch's metrics (copied into trials.parquet);
+    `warning` is the line about a damaged checkpoint it resumed past ("" when none)."""
     import ray
 
     return {
@@ -61,7 +83,48 @@ def attempt_context(trial_id: str, start: dict[str, Any], config) -> dict[str, A
         "device": device_name(config),
         "started_at": time.time(),
         "trial_status": "running",
+        "warning": start.get("warning") or "",
     }
+
+
+def resume_point(store, trial_id: str, start: dict[str, Any], folder: Path
+                 ) -> tuple[dict[str, Any], Path | None]:
+    """(start, path of the checkpoint to resume from, written into `folder`, or None).
+
+    A checkpoint the store has no checksum of (a store written before checksums) must load;
+    one that does not is set aside in the store, which falls back to the one before.
+    """
+    import ray
+
+    from trainers.checkpoint import load_checkpoint
+    from trainers.errors import UserError
+
+    resume = folder / RESUME_NAME
+    warnings = [start["warning"]] if start.get("warning") else []
+    while start["checkpoint"] is not None:
+        resume.write_bytes(start["checkpoint"])
+        if not start.get("unverified"):
+            break
+        try:
+            load_checkpoint(resume)
+            break
+        except UserError as err:
+            start = ray.get(store.discard.remote(trial_id, start["epoch"],
+                                                 getattr(err, "reason", "") or "unreadable"))
+            warnings += [start["warning"]] if start.get("warning") else []
+    start = {**start, "warning": " ".join(warnings)}
+    return start, resume if start["checkpoint"] is not None else None
+
+
+def record_failure(store, trial_id: str, err: Exception, params: dict[str, Any]) -> None:
+    """A UserError ends the trial as failed, with its message, and is not retried; the
+    worker's temporary copy of the checkpoint is gone after this, so name the stored one."""
+    import ray
+
+    stored = str(Path(params.get("store_root", "checkpoints")) / trial_id)
+    temporary = re.compile(rf"\S*onorm-{trial_id}-[^/\s]*/{re.escape(RESUME_NAME)}")
+    message = temporary.sub(lambda match: stored, " ".join(str(err).split()))
+    ray.get(store.finish.remote(trial_id, "failed", message))
 
 
 def store_epoch(store, trial_id: str, metrics: dict[str, Any],
@@ -80,19 +143,23 @@ def store_epoch(store, trial_id: str, metrics: dict[str, Any],
     return clean
 
 
-def die_if_asked(hooks: dict[str, Any], attempt: int, epoch: int) -> None:
-    """Test hook: die like a lost worker once, after the given epoch of the first attempt."""
-    if attempt == 1 and hooks.get("exit_after_epoch") == epoch:
+def die_if_asked(hooks: dict[str, Any], attempt: int, epoch: int, trial_id: str) -> None:
+    """Test hook: die like a lost worker once, after the given epoch of the first attempt
+    (of the listed trials only, when hooks has `trials`)."""
+    if (attempt == 1 and hooks.get("exit_after_epoch") == epoch
+            and trial_id in hooks.get("trials", [trial_id])):
         os._exit(17)
 
 
 def run_trial(params: dict[str, Any]) -> None:
-    """Tune entry point; `params` = {trial: TrialSpec payload, store, experiment, hooks}.
+    """Tune entry point; `params` = {trial: TrialSpec payload, store, store_root, experiment,
+    provenance, hooks}.
 
     A trial of several workers runs as a Ray Train job (execute/distributed_trial.py)."""
     import ray
     from ray import tune
 
+    from trainers.errors import UserError
     from trainers.train import train
 
     payload = params["trial"]
@@ -102,26 +169,24 @@ def run_trial(params: dict[str, Any]) -> None:
         return run_distributed(params)
     trial_id = payload["trial_id"]
     hooks = params.get("hooks") or {}
-    config = config_from_dict(payload["config"])
-    ensure_synthetic_data(config, payload.get("synthetic"))
     store = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
-    start = ray.get(store.begin.remote(trial_id))
-    context = attempt_context(trial_id, start, config)
-
+    start = ray.get(store.begin.remote(trial_id, payload, node_context(params)))
     model_dir = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-"))
-    resume = None
-    if start["checkpoint"] is not None:
-        resume = model_dir / "resume.pth.tar"
-        resume.write_bytes(start["checkpoint"])
-
-    def report(metrics: dict[str, Any], checkpoint_path: Path) -> None:
-        clean = store_epoch(store, trial_id, metrics, checkpoint_path)
-        tune.report({**clean, **context})
-        die_if_asked(hooks, start["attempt"], clean["epoch"])
-
     try:
+        start, resume = resume_point(store, trial_id, start, model_dir)
+        config = config_from_dict(payload["config"])
+        ensure_synthetic_data(config, payload.get("synthetic"))
+        context = attempt_context(trial_id, start, config)
+
+        def report(metrics: dict[str, Any], checkpoint_path: Path) -> None:
+            clean = store_epoch(store, trial_id, metrics, checkpoint_path)
+            tune.report({**clean, **context})
+            die_if_asked(hooks, start["attempt"], clean["epoch"], trial_id)
+
         outcome = train(config, report, model_dir=model_dir, resume=resume, progress=False,
                         print_freq=0, log=lambda line: print(line, flush=True))
         ray.get(store.finish.remote(trial_id, outcome.status))
+    except UserError as err:
+        record_failure(store, trial_id, err, params)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)

@@ -1,29 +1,35 @@
 """Load and validate experiments.yaml: named experiments, each a kind (grid today) of trials.
 
-The whole file is checked before anything starts, so a typo in one experiment is reported
-even when another is run. Every error is a one-line UserError naming the experiment, the key
-and what is allowed. New experiment kinds (e.g. `kind: tune`) plug in through
-`register_kind`: a parser receives the common fields already checked and the raw mapping,
-and returns an `Experiment`.
+The file must parse as a whole (YAML, UTF-8, not nested absurdly deep); each experiment is
+checked in full when it is asked for, so a typo in one never blocks running another. The
+check covers everything the trials will need (every cell's resolved TrialConfig, the size of
+the grid, the synthetic data's size), so nothing is refused after Ray has started. Every
+error is a one-line UserError naming the experiment, the key path and what is allowed. New
+experiment kinds (e.g. `kind: tune`) plug in through `register_kind`: a parser receives the
+common fields already checked and the raw mapping, and returns an `Experiment`.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from norms.modes import ALL_KIND_OPTIONS, KIND_OPTIONS, NORM_MODES, options_of
 from orchestrator.plan.fields import (
+    MAX_TRIALS,
     as_int,
     as_mapping,
     check_keys,
     parse_resources,
     parse_seeds,
     parse_settings,
+    too_many_trials,
     where,
 )
-from trainers.config import DATASETS
+from trainers.config import DATASETS, ConfigError, make_config
 from trainers.errors import UserError
 
 # Keys every kind accepts; a kind lists the extra keys it understands.
@@ -39,7 +45,15 @@ COMMON_KEYS = {
     "settings": "TrialConfig fields shared by every cell",
 }
 SYNTHETIC_KEYS = ("n_train", "n_test")
+# A generated dataset lives in memory whole (3 KB an image): twice CIFAR's 50,000 is plenty
+# for tests and demos, and 10**15 is refused here rather than by a MemoryError in a trial.
+MAX_SYNTHETIC_IMAGES = 100_000
+MAX_FAILURES = 1000
 CELL_EXTRA_KEYS = ("seeds", "resources")
+# Experiment names become folder names under the results root.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# YAML deeper than this is no experiments file (and 20,000 nested `[` overflow the parser).
+MAX_DEPTH = 50
 
 
 @dataclass(frozen=True)
@@ -99,8 +113,8 @@ def register_kind(name: str, parser: KindParser, keys: dict[str, str]) -> None:
 def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experiment:
     cells_raw = raw.get("cells")
     if cells_raw is None or cells_raw == []:
-        raise UserError(f"experiment {name!r}: empty grid: add a `cells:` list with at least one "
-                        f"normalizer, e.g. `- {{norm: batch, seeds: 1}}`")
+        raise UserError(f"{where(name, 'cells')}: empty grid: add a `cells:` list with at least "
+                        "one normalizer, e.g. `- {norm: batch, seeds: 1}`")
     if not isinstance(cells_raw, list):
         raise UserError(f"{where(name, 'cells')}: expected a list of normalizer cells, "
                         f"got {cells_raw!r}")
@@ -120,8 +134,51 @@ def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
         if "resources" in options:
             resources = parse_resources(name, f"{label}.resources", options.pop("resources"),
                                         resources)
-        cells.append(Cell(options={"norm": norm, **options}, seeds=seeds, resources=resources))
+        cell = Cell(options={"norm": norm, **options}, seeds=seeds, resources=resources)
+        check_trial_config(name, common, {**common["settings"], **cell.options,
+                                          "seed": max(seeds)},
+                           cell_key_path(label, cell.options, common["settings"]))
+        cells.append(cell)
+    total = sum(len(c.seeds) for c in cells)
+    if total > MAX_TRIALS:
+        raise UserError(too_many_trials(name, "cells", total))
     return Experiment(name=name, kind="grid", cells=tuple(cells), **common)
+
+
+def cell_key_path(label: str, options: dict[str, Any], settings: dict[str, Any]
+                  ) -> Callable[[str], str]:
+    """Where a cell's trial setting was written: the cell, the shared settings, or (a
+    default at fault) the cell as a whole."""
+    def key_of(setting: str) -> str:
+        if setting in options:
+            return f"{label}.{setting}"
+        return f"settings.{setting}" if setting in settings else label
+    return key_of
+
+
+def setting_key_path(experiment: Experiment, setting: str, value: Any = None) -> str:
+    """Where a trial setting (of the value, when given) is written in an experiment: the
+    first cell that sets it, else the shared settings."""
+    for i, cell in enumerate(experiment.cells):
+        if setting in cell.options and (value is None or cell.options[setting] == value):
+            return f"cells[{i}].{setting}"
+    return f"settings.{setting}" if setting in experiment.settings else "settings"
+
+
+def check_trial_config(exp: str, common: dict[str, Any], values: dict[str, Any],
+                       key_of: Callable[[str], str]) -> None:
+    """The TrialConfig one trial would have, checked as the trainer will check it (the
+    checks between fields too: depth 6n+2, the group count dividing every layer), and
+    against the synthetic dataset's size; `key_of(field)` is the key path that set it."""
+    try:
+        config = make_config(common["dataset"], common["data_dir"], **values)
+    except ConfigError as err:
+        raise UserError(f"{where(exp, key_of(err.field))}: {err}") from None
+    synthetic = common["synthetic"]
+    if synthetic and config.batch_size > synthetic["n_train"]:
+        raise UserError(f"{where(exp, key_of('batch_size'))}: batch_size {config.batch_size} "
+                        f"is larger than the {synthetic['n_train']} synthetic training images: "
+                        "lower batch_size or raise synthetic.n_train")
 
 
 def check_cell_options(exp: str, label: str, norm: str, options: dict[str, Any]) -> None:
@@ -145,7 +202,7 @@ def parse_common(name: str, raw: dict[str, Any], base_dir: Path) -> dict[str, An
         raise UserError(f"{where(name, 'dataset')}: expected one of {', '.join(DATASETS)}, "
                         f"got {dataset!r}")
     data_dir = raw.get("data_dir")
-    if not isinstance(data_dir, str) or not data_dir:
+    if not isinstance(data_dir, str) or not data_dir or "\0" in data_dir:
         raise UserError(f"{where(name, 'data_dir')}: expected a folder path, got {data_dir!r}")
     synthetic = None
     if raw.get("synthetic") is not None:
@@ -154,7 +211,8 @@ def parse_common(name: str, raw: dict[str, Any], base_dir: Path) -> dict[str, An
         missing = [k for k in SYNTHETIC_KEYS if k not in syn]
         if missing:
             raise UserError(f"{where(name, 'synthetic')}: missing {', '.join(missing)}")
-        synthetic = {k: as_int(name, f"synthetic.{k}", syn[k], 1) for k in SYNTHETIC_KEYS}
+        synthetic = {k: as_int(name, f"synthetic.{k}", syn[k], 1, MAX_SYNTHETIC_IMAGES)
+                     for k in SYNTHETIC_KEYS}
         if dataset == "imagenet":
             raise UserError(f"{where(name, 'synthetic')}: only CIFAR datasets can be synthesized")
     description = raw.get("description", "")
@@ -162,7 +220,7 @@ def parse_common(name: str, raw: dict[str, Any], base_dir: Path) -> dict[str, An
         raise UserError(f"{where(name, 'description')}: expected text, got {description!r}")
     max_concurrent = raw.get("max_concurrent")
     if max_concurrent is not None:
-        max_concurrent = as_int(name, "max_concurrent", max_concurrent, 1)
+        max_concurrent = as_int(name, "max_concurrent", max_concurrent, 1, MAX_TRIALS)
     settings = parse_settings(name, "settings", as_mapping(name, "settings",
                                                             raw.get("settings") or {}))
     return {
@@ -171,7 +229,8 @@ def parse_common(name: str, raw: dict[str, Any], base_dir: Path) -> dict[str, An
         "synthetic": synthetic,
         "description": description,
         "resources": parse_resources(name, "resources", raw.get("resources") or {}),
-        "max_failures": as_int(name, "max_failures", raw.get("max_failures", 2)),
+        "max_failures": as_int(name, "max_failures", raw.get("max_failures", 2), 0,
+                               MAX_FAILURES),
         "max_concurrent": max_concurrent,
         "settings": settings,
         "raw": raw,
@@ -179,9 +238,13 @@ def parse_common(name: str, raw: dict[str, Any], base_dir: Path) -> dict[str, An
 
 
 def parse_experiment(name: str, raw: Any, base_dir: Path) -> Experiment:
+    if not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"experiment {name!r}: a name must be a folder name of letters, digits, "
+                        "'_', '.' and '-' (not starting with one of the last three), up to "
+                        "100 characters: rename it in the experiments file")
     raw = as_mapping(name, "(experiment)", raw)
     kind = raw.get("kind", "grid")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise UserError(f"{where(name, 'kind')}: unknown kind {kind!r}; "
                         f"choose one of {', '.join(sorted(KINDS))}")
     parser, kind_keys = KINDS[kind]
@@ -200,20 +263,36 @@ def load_kind_plugins() -> None:
                 raise
 
 
-def parse_document(doc: Any, base_dir: Path) -> dict[str, Experiment]:
+class Experiments(Mapping):
+    """The experiments of one file by name, each checked in full when first asked for: an
+    error in one is reported when it is run, and never blocks running another."""
+
+    def __init__(self, raw: dict[str, Any], base_dir: Path):
+        self._raw, self._base_dir = raw, base_dir
+        self._parsed: dict[str, Experiment] = {}
+
+    def __getitem__(self, name: str) -> Experiment:
+        if name not in self._parsed:
+            self._parsed[name] = parse_experiment(name, self._raw[name], self._base_dir)
+        return self._parsed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def parse_document(doc: Any, base_dir: Path, source: str = "experiments file") -> Experiments:
     """Top-level mapping name -> experiment; names starting with '_' hold YAML anchors only."""
     load_kind_plugins()
     if not isinstance(doc, dict) or not doc:
-        raise UserError("experiments file: expected a mapping of experiment names to "
-                        "experiments, e.g. `demo: {dataset: cifar10, ...}`")
-    out = {}
-    for name, raw in doc.items():
+        raise UserError(f"{source}: expected a mapping of experiment names to experiments, "
+                        "e.g. `demo: {dataset: cifar10, ...}`")
+    for name in doc:
         if not isinstance(name, str):
-            raise UserError(f"experiments file: experiment names must be text, got {name!r}")
-        if name.startswith("_"):
-            continue
-        out[name] = parse_experiment(name, raw, base_dir)
-    return out
+            raise UserError(f"{source}: experiment names must be text, got {name!r}")
+    return Experiments({n: raw for n, raw in doc.items() if not n.startswith("_")}, base_dir)
 
 
 # Shipped inside the package (a link to the checkout's experiments.yaml), so that an
@@ -227,26 +306,72 @@ def default_config_path() -> Path:
     return local.absolute() if local.is_file() else PACKAGED_CONFIG
 
 
-def load_experiments(path: str | Path | None = None) -> dict[str, Experiment]:
-    """Every experiment of the file; relative data_dirs resolve against the file's folder
-    (the packaged file's against the current folder, since its own is inside the install)."""
+def read_yaml(path: Path) -> Any:
+    """The file's YAML document through the safe loader; one UserError for a file that is
+    missing, unreadable, not UTF-8, not YAML, or nested deeper than MAX_DEPTH."""
     import yaml  # local: keep `onorm --help` fast
 
-    path = Path(path).absolute() if path else default_config_path()
+    shown = str(path)
+    if path.is_dir():
+        raise UserError(f"experiments file {shown!r} is a folder: pass --config FILE")
     if not path.is_file():
-        raise UserError(f"experiments file {str(path)!r} not found: pass --config FILE")
+        raise UserError(f"experiments file {shown!r} not found: pass --config FILE")
     try:
-        doc = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"experiments file {shown!r} cannot be read ({err.strerror}): check its "
+                        "permissions, or pass another --config FILE") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(f"experiments file {shown!r} is not UTF-8 text (byte "
+                        f"0x{data[err.start]:02x} at line {line}): save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_depth_limited_loader())
     except yaml.YAMLError as err:
-        line = getattr(getattr(err, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise UserError(f"experiments file {str(path)!r} is not valid YAML{at}: "
-                        f"{getattr(err, 'problem', err)}") from None
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"experiments file {shown!r} is not valid YAML{at}: {problem}") from None
+    except ValueError as err:   # an integer literal beyond Python's 4300 digits
+        raise UserError(f"experiments file {shown!r} holds a value that cannot be read "
+                        f"({str(err).split(':')[0][:80]}): no setting takes a number that "
+                        "long; correct it") from None
+
+
+def _depth_limited_loader():
+    """yaml.SafeLoader that refuses nesting deeper than MAX_DEPTH (deep nesting would end in
+    a RecursionError thousands of lines long)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            self.depth += 1
+            try:
+                if self.depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"nested more than {MAX_DEPTH} levels deep",
+                        self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return Loader
+
+
+def load_experiments(path: str | Path | None = None) -> Experiments:
+    """Every experiment of the file; relative data_dirs resolve against the file's folder
+    (the packaged file's against the current folder, since its own is inside the install)."""
+    path = Path(path).absolute() if path else default_config_path()
+    doc = read_yaml(path)
     base_dir = Path.cwd() if path == PACKAGED_CONFIG else path.parent
-    return parse_document(doc, base_dir)
+    return parse_document(doc, base_dir, f"experiments file {str(path)!r}")
 
 
-def get_experiment(experiments: dict[str, Experiment], name: str) -> Experiment:
+def get_experiment(experiments: Mapping[str, Experiment], name: str) -> Experiment:
     if name not in experiments:
         raise UserError(f"unknown experiment {name!r}: available: "
                         f"{', '.join(sorted(experiments)) or '(none)'}")

@@ -16,16 +16,32 @@ from trainers.errors import UserError
 RESOURCE_KEYS = ("cpu", "gpu", "workers")
 # Trial settings the experiment fixes itself (dataset, data_dir) or the cell list sets (norm, seed).
 RESERVED_SETTINGS = ("dataset", "data_dir", "norm", "seed")
+# The most trials one experiment may plan: a grid larger than this is a typo far more often
+# than a plan (and expanding a million trials takes minutes before anything is refused).
+MAX_TRIALS = 10_000
 
 
 def where(exp: str, key: str) -> str:
     return f"experiment {exp!r}, key {key!r}"
 
 
-def as_int(exp: str, key: str, value: Any, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UserError(f"{where(exp, key)}: expected an integer >= {minimum}, got {value!r}")
+def as_int(exp: str, key: str, value: Any, minimum: int = 0, maximum: int | None = None
+           ) -> int:
+    """An integer in [minimum, maximum]; every count in the file has a maximum, so that no
+    typo (a seed count of 10**9) hangs the plan or overflows a Parquet column."""
+    wanted = (f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]")
+    if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
+            or (maximum is not None and value > maximum)):
+        raise UserError(f"{where(exp, key)}: expected an integer {wanted}, got {_shown(value)}")
     return value
+
+
+def _shown(value: Any) -> str:
+    """repr, but a 5,000-digit integer or a huge string stays one readable line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def as_number(exp: str, key: str, value: Any) -> float:
@@ -33,8 +49,12 @@ def as_number(exp: str, key: str, value: Any) -> float:
     if isinstance(value, bool):
         raise UserError(f"{where(exp, key)}: expected a number, got {value!r}")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value):   # YAML's .nan and .inf
-            raise UserError(f"{where(exp, key)}: expected a finite number, got {value!r}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:   # an integer beyond float's range
+            finite = False
+        if not finite:   # YAML's .nan and .inf
+            raise UserError(f"{where(exp, key)}: expected a finite number, got {_shown(value)}")
         return float(value)
     if isinstance(value, str):
         try:
@@ -101,16 +121,26 @@ def parse_settings(exp: str, context: str, raw: dict[str, Any], extra_keys: tupl
             out[key] = parse_setting(key, value)
         except SettingError as err:
             raise UserError(f"{where(exp, f'{context}.{key}')}: expected {err}, "
-                            f"got {value!r}") from None
+                            f"got {_shown(value)}") from None
     return out
 
 
 def parse_seeds(exp: str, key: str, value: Any) -> tuple[int, ...]:
-    """A count (seeds 0..n-1) or a list of distinct seeds."""
+    """A count (seeds 0..n-1) or a list of distinct seeds, each within the seed field's range
+    (numpy's 32 bits); a count is bounded before anything is expanded."""
+    seed_max = int(config_specs()["seed"].meta["high"])
     if isinstance(value, list):
-        seeds = tuple(as_int(exp, key, s) for s in value)
+        seeds = tuple(as_int(exp, f"{key}[{i}]", s, 0, seed_max) for i, s in enumerate(value))
         if not seeds or len(set(seeds)) != len(seeds):
-            raise UserError(f"{where(exp, key)}: expected distinct seeds, got {value!r}")
+            raise UserError(f"{where(exp, key)}: expected distinct seeds, got {_shown(value)}")
         return seeds
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TRIALS:
+        raise UserError(too_many_trials(exp, key, value))
     count = as_int(exp, key, value, 1)
     return tuple(range(count))
+
+
+def too_many_trials(exp: str, key: str, count: int) -> str:
+    shown = _shown(count) if count >= 10**30 else f"{count:,}"
+    return (f"{where(exp, key)}: the experiment would have {shown} trials, more than "
+            f"{MAX_TRIALS:,}: a typo? If it is the plan, split it into several experiments")

@@ -28,6 +28,14 @@ class TrialSpec:
         return {"trial_id": self.trial_id, "config": self.config.to_dict(),
                 "resources": dict(self.resources), "synthetic": self.synthetic}
 
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "TrialSpec":
+        """The spec back from to_payload() (in a Ray worker, or from the trial store)."""
+        values = dict(payload["config"])
+        values["lr_milestones"] = tuple(values.get("lr_milestones", ()))
+        return cls(payload["trial_id"], TrialConfig(**values), dict(payload["resources"]),
+                   payload.get("synthetic"))
+
     def recorded_config(self) -> dict[str, Any]:
         """The config as trials.parquet records it (config_json): with the data's shape."""
         return {**self.config.to_dict(), "synthetic_data": self.synthetic}

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.plan.experiments import Experiment, register_kind
-from orchestrator.plan.fields import as_int, as_mapping, check_keys, parse_seeds, where
+from orchestrator.plan.experiments import Experiment, check_trial_config, register_kind
+from orchestrator.plan.fields import (
+    MAX_TRIALS,
+    as_int,
+    as_mapping,
+    check_keys,
+    parse_seeds,
+    too_many_trials,
+    where,
+)
 from orchestrator.plan.search_space import (
     DECAY_KEYS,
     SEARCHERS,
@@ -22,7 +30,7 @@ from orchestrator.plan.search_space import (
     random_points,
 )
 from orchestrator.plan.trials import TrialSpec, data_folder, make_trial
-from trainers.config import make_config
+from trainers.config import MAX_EPOCHS, MAX_SEED, make_config
 from trainers.errors import UserError
 
 TUNE_KEYS = {
@@ -35,6 +43,7 @@ TUNE_KEYS = {
 }
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
 SCHEDULER_TYPES = ("asha", "none")
+MAX_REDUCTION_FACTOR = 1000
 
 
 def parse_scheduler(name: str, raw: Any, epochs: int) -> dict[str, Any]:
@@ -51,8 +60,9 @@ def parse_scheduler(name: str, raw: Any, epochs: int) -> dict[str, Any]:
     if kind not in SCHEDULER_TYPES:
         raise UserError(f"{where(name, 'scheduler.type')}: unknown scheduler {kind!r}; "
                         f"choose one of {', '.join(SCHEDULER_TYPES)}")
-    grace = as_int(name, "scheduler.grace_period", raw.get("grace_period", 1), 1)
-    factor = as_int(name, "scheduler.reduction_factor", raw.get("reduction_factor", 3), 2)
+    grace = as_int(name, "scheduler.grace_period", raw.get("grace_period", 1), 1, MAX_EPOCHS)
+    factor = as_int(name, "scheduler.reduction_factor", raw.get("reduction_factor", 3), 2,
+                    MAX_REDUCTION_FACTOR)
     if kind == "asha" and grace > epochs:
         raise UserError(f"{where(name, 'scheduler.grace_period')}: {grace} is more than the "
                         f"{epochs} epochs of a trial: lower it, or raise settings.epochs")
@@ -79,21 +89,32 @@ def parse_tune(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
         raise UserError(f"{where(name, 'num_samples')}: searcher {searcher} needs a budget: "
                         "set num_samples (configurations to try)")
     if num_samples is not None:
-        num_samples = as_int(name, "num_samples", num_samples, 1)
+        num_samples = as_int(name, "num_samples", num_samples, 1, MAX_TRIALS)
     if searcher == "grid":
         size = len(grid_points(space))
         if num_samples is not None and size > num_samples:
             raise UserError(f"{where(name, 'num_samples')}: the dyadic grid has {size} "
                             f"configurations, more than the budget {num_samples}: narrow the "
                             "space, raise num_samples, or use searcher: random")
+    else:
+        size = num_samples
+    seeds = parse_seeds(name, "seeds", raw.get("seeds", 1))
+    if size * len(seeds) > MAX_TRIALS:
+        raise UserError(too_many_trials(name, "seeds" if len(seeds) > 1 else "num_samples",
+                                        size * len(seeds)))
+    # one trial as the search will run it (decay factors inside any space's range)
+    check_trial_config(name, common, {**settings, "norm": "online", "afwd": 0.5, "abkw": 0.5,
+                                      "seed": max(seeds)},
+                       lambda key: f"settings.{key}" if key in settings else "settings")
     epochs = int(settings.get("epochs", make_config(common["dataset"], ".").epochs))
     extra = {
         "space": {k: {"kind": a.kind, "low": a.low, "high": a.high} for k, a in space.items()},
         "searcher": searcher,
         "num_samples": num_samples,
-        "search_seed": as_int(name, "search_seed", raw.get("search_seed", 0)),
+        # Optuna's sampler seeds numpy, which takes 32 bits
+        "search_seed": as_int(name, "search_seed", raw.get("search_seed", 0), 0, MAX_SEED),
         "scheduler": parse_scheduler(name, raw.get("scheduler"), epochs),
-        "seeds": list(parse_seeds(name, "seeds", raw.get("seeds", 1))),
+        "seeds": list(seeds),
     }
     return Experiment(name=name, kind="tune", extra=extra, **common)
 

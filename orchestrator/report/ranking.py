@@ -8,6 +8,7 @@ from pathlib import Path
 
 from orchestrator.layout import ExperimentLayout
 from orchestrator.plan.trial_id import setting_key
+from orchestrator.report.results import read_results
 from trainers.decay import dyadic_k, fraction_text
 
 RANKING_COLUMNS = ["afwd", "abkw", "median_best_val_acc1", "runs", "stopped", "max_epoch"]
@@ -63,11 +64,9 @@ def rank_configurations(metrics, trials=None, setting: str | None = None):
 
 def load_ranking(exp_dir: Path, setting: str | None = None):
     """rank_configurations over an experiment folder's Parquet files (empty when none yet)."""
-    import pandas as pd
-
     layout = ExperimentLayout(Path(exp_dir))
-    metrics = pd.read_parquet(layout.metrics) if layout.metrics.exists() else None
-    trials = pd.read_parquet(layout.trials) if layout.trials.exists() else None
+    metrics = read_results(layout, "metrics")
+    trials = read_results(layout, "trials")
     return rank_configurations(metrics, trials, setting)
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from norms.modes import ALL_KIND_OPTIONS, options_of
 from orchestrator.layout import IN_PROGRESS_STATUSES, ExperimentLayout
 from orchestrator.plan.trial_id import setting_values
+from orchestrator.report.results import read_results
 from trainers.decay import fraction_text
 from trainers.errors import UserError
 
@@ -122,15 +123,11 @@ def load_runs(exp_dir: Path, include_running: bool = False) -> Runs:
     import pandas as pd
 
     layout = ExperimentLayout(Path(exp_dir))
-    metrics_path, trials_path = layout.metrics, layout.trials
-    if not metrics_path.exists():
+    metrics_path = layout.metrics
+    metrics = read_results(layout, "metrics")
+    if metrics is None:
         raise UserError(f"{metrics_path} not found: run the experiment first "
                         "(onorm run NAME) or point at a folder holding metrics.parquet")
-    try:
-        metrics = pd.read_parquet(metrics_path)
-    except Exception as err:  # a corrupt or foreign file: say which one
-        raise UserError(f"cannot read {metrics_path} ({err}); re-run `onorm run` "
-                        "to rewrite it") from None
     for col in ("trial_id", "epoch"):
         if col not in metrics.columns and not len(metrics):
             metrics[col] = pd.Series([], dtype="int64" if col == "epoch" else object)
@@ -144,7 +141,7 @@ def load_runs(exp_dir: Path, include_running: bool = False) -> Runs:
              else [])
     experiment = next((n for n in names if n), layout.dir.resolve().name)
 
-    trials = pd.read_parquet(trials_path) if trials_path.exists() else None
+    trials = read_results(layout, "trials")
     status: dict[str, str] = {}
     configs: dict[str, dict[str, Any]] = {}
     excluded: dict[str, int] = {}

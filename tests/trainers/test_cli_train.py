@@ -164,8 +164,8 @@ def _one_line_error(capsys) -> str:
 @pytest.mark.parametrize("argv, needle", [
     (["-d", "9"], "depth 9 is not 6n+2"),
     (["--afwd", "1.5"], "afwd must be in (0, 1)"),
-    (["-b", "0"], "batch_size must be >= 1"),
-    (["-j", "-1"], "workers must be >= 0"),
+    (["-b", "0"], "batch_size must be in [1, 1048576]"),   # was ">= 1": now bounded
+    (["-j", "-1"], "workers must be in [0, 1024]"),   # was ">= 0": now bounded
     (["--start-epoch", "-1"], "--start-epoch must be in [0, 250)"),
     (["--start-epoch", "250"], "--start-epoch must be in [0, 250)"),
     (["-a", "resnet50"], "only 'resnet'"),
@@ -217,3 +217,33 @@ def test_a_model_dir_that_is_a_file_is_one_line(cifar10_dir, tmp_path, capsys):
     assert main(["train", "cifar10", str(cifar10_dir), "--model-dir", str(afile), "-d", "8",
                  "-j", "0", "--device", "cpu"]) == 2
     assert "is a file" in _one_line_error(capsys) and afile.read_text() == "mine"
+
+
+def test_after_ctrl_c_the_hint_is_the_command_that_resumes(cifar10_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    import shlex
+
+    import trainers.train
+
+    md = tmp_path / "md"
+    argv = ["train", "cifar10", str(cifar10_dir), "--model-dir", str(md), "-d", "8",
+            "--epochs", "2", "-b", "64", "-j", "0", "--seed", "0", "--device", "cpu", "-p", "0"]
+    real_summary = trainers.train._summary
+
+    def interrupt_after_the_first_checkpoint(*args):   # after save_checkpoint: Ctrl-C
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainers.train, "_summary", interrupt_after_the_first_checkpoint)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "onorm train: interrupted; resume with: onorm train " in err
+    hint = err.split("resume with: ", 1)[1].strip()
+    assert shlex.split(hint)[-2:] == ["--resume", str(md / "checkpoint.pth.tar")]
+    monkeypatch.setattr(trainers.train, "_summary", real_summary)
+    assert main(shlex.split(hint)[1:]) == 0         # the printed command is accepted
+    assert pd.read_parquet(md / "metrics.parquet").epoch.tolist() == [1, 2]
+    # with nothing checkpointed yet, the same command starts again
+    other = tmp_path / "other"
+    monkeypatch.setattr(trainers.train, "save_checkpoint", interrupt_after_the_first_checkpoint)
+    argv[argv.index(str(md))] = str(other)
+    assert main(argv) == 130
+    assert "no epoch was checkpointed yet: re-run the same command" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,38 @@ def test_a_batch_file_whose_pickle_would_run_code_is_refused_and_runs_nothing(tm
     assert "\n" not in message
     assert str(folder / "data_batch_2") in message and "io.open, which no CIFAR" in message
     assert not victim.exists()
+
+
+def test_a_failed_download_leaves_nothing_and_a_deep_typo_downloads_nothing(
+        tmp_path, monkeypatch, capsys):
+    import torchvision.datasets as tvd
+
+    calls = []
+
+    def half_then_offline(root, train=True, download=False):
+        calls.append(root)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"partial")   # as torchvision does
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tvd, "CIFAR10", half_then_offline)
+    # a folder it created is removed again
+    with pytest.raises(UserError, match="download failed"):
+        build_data(make_config("cifar10", str(tmp_path / "new"), workers=0), CPU)
+    assert calls == [str(tmp_path / "new")] and not (tmp_path / "new").exists()
+    assert f"downloading CIFAR-10 (about 170 MB) into {tmp_path / 'new'}" in \
+        capsys.readouterr().err
+    # in a folder that was there, only what the download added goes
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="download failed"):
+        build_data(make_config("cifar10", str(tmp_path / "mine"), workers=0), CPU)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    # neither the folder nor its parent exists: a typo, refused without downloading
+    with pytest.raises(UserError) as err:
+        build_data(make_config("cifar10", str(tmp_path / "typo" / "cifar"), workers=0), CPU)
+    assert len(calls) == 2 and not (tmp_path / "typo").exists()
+    assert str(err.value) == (f"CIFAR-10 data folder {tmp_path / 'typo' / 'cifar'} does not "
+                              f"exist, nor does its parent {tmp_path / 'typo'}: check the path "
+                              "(a download goes only into a folder that exists or whose parent "
+                              "exists)")

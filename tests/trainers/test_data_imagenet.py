@@ -104,5 +104,5 @@ def test_missing_and_mismatched_folders_are_user_errors(tmp_path, folder):
 
 def test_a_negative_synthetic_image_size_is_refused():
     # it used to fall back silently to the real 224-pixel crops
-    with pytest.raises(UserError, match="synthetic_image_size must be >= 0"):
+    with pytest.raises(UserError, match=r"synthetic_image_size must be in \[0, 1024\]"):
         make_config("imagenet", "/d", synthetic_image_size=-5)

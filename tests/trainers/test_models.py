@@ -8,9 +8,9 @@ from devices import DEVICES
 from torch import nn
 
 from norms import NORM_MODES
-from trainers.config import make_config
+from trainers.config import NORM_CHANNELS, make_config
 from trainers.errors import UserError
-from trainers.models import build_cifar_resnet, build_model, is_norm_module
+from trainers.models import CifarResNet, build_cifar_resnet, build_model, is_norm_module
 
 
 def _config(dataset: str, norm: str, **kw):
@@ -126,3 +126,22 @@ def test_pretrained_loads_cached_weights(tmp_path, monkeypatch):
 def test_group_count_must_divide_channels():
     with pytest.raises(UserError, match="gn_num_groups 3 does not divide"):
         build_model(_config("cifar10", "group", depth=8, gn_num_groups=3), 10, 32)
+
+
+@pytest.mark.parametrize("arch", sorted(NORM_CHANNELS))
+def test_norm_channels_are_the_channel_counts_the_models_normalize(arch):
+    # the plan checks gn_num_groups against NORM_CHANNELS before Ray: it must be the truth
+    import torchvision.models as tvm
+
+    seen = set()
+
+    def norm_layer(channels):
+        seen.add(channels)
+        return nn.Identity()
+
+    with torch.device("meta"):   # the shapes only, no memory or init
+        if arch == "resnet":
+            CifarResNet(20, 10, norm_layer)
+        else:
+            getattr(tvm, arch)(weights=None, norm_layer=norm_layer)
+    assert tuple(sorted(seen)) == NORM_CHANNELS[arch]

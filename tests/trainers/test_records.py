@@ -6,6 +6,7 @@ import math
 import os
 
 import pandas as pd
+import pyarrow.parquet
 import pytest
 
 from trainers.config import make_config
@@ -71,11 +72,11 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path, monkeypatch):
     write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path)
     assert path.stat().st_mode & 0o777 == 0o644   # readable by others, unlike mkstemp's 0600
 
-    def boom(self, *a, **k):
-        with open(a[0], "wb") as f:
+    def boom(table, where, **k):   # the writer goes through pyarrow (page checksums)
+        with open(where, "wb") as f:
             f.write(b"half")
         raise OSError("disk full")
-    monkeypatch.setattr(pd.DataFrame, "to_parquet", boom)
+    monkeypatch.setattr(pyarrow.parquet, "write_table", boom)
     with pytest.raises(OSError):
         write_parquet_atomic(pd.DataFrame({"a": [3]}), path)
     monkeypatch.undo()

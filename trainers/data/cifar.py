@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,15 +21,45 @@ CHUNK_BATCHES = 16
 
 
 def _download(root: Path, layout: CifarLayout) -> None:
-    """Fetch the real dataset with torchvision; only tried when its folder does not exist."""
+    """Fetch the real dataset with torchvision; only tried when its folder does not exist.
+
+    Only into a folder that exists or whose parent does (a typo in a deeper path is refused,
+    not downloaded into), saying where; a failed download leaves nothing behind.
+    """
     import torchvision.datasets as tvd
 
+    root = Path(root).absolute()
+    if not root.is_dir() and not root.parent.is_dir():
+        raise UserError(f"{layout.title} data folder {root} does not exist, nor does its "
+                        f"parent {root.parent}: check the path (a download goes only into a "
+                        "folder that exists or whose parent exists)")
+    created = not root.exists()
+    before = set() if created else {p.name for p in root.iterdir()}
+    print(f"downloading {layout.title} (about 170 MB) into {root}", file=sys.stderr,
+          flush=True)
     cls = tvd.CIFAR10 if layout.dataset == "cifar10" else tvd.CIFAR100
     try:
         cls(str(root), train=True, download=True)
-    except Exception as err:  # no network, DNS, disk full, bad archive: all mean "not there"
+    except BaseException as err:
+        _remove_download(root, created, before)
+        if not isinstance(err, Exception):   # Ctrl-C: cleaned up, still an interrupt
+            raise
+        # no network, DNS, disk full, bad archive: all mean "not there"
         reason = f"not found and download failed ({type(err).__name__}: {err})"
         raise UserError(missing_message(root, layout, reason)) from None
+
+
+def _remove_download(root: Path, created: bool, before: set[str]) -> None:
+    """Undo a failed download: the folder if it made it, else only what it added."""
+    if created:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for path in root.iterdir():
+        if path.name not in before:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def load_cifar(root: str | Path, dataset: str) -> tuple[tuple, tuple]:

@@ -1,0 +1,59 @@
+"""An experiment folder's Parquet files as reports read them: verified, and a damaged one is
+one line naming the command that rebuilds it from the trial store, never a traceback.
+
+The one reader for tables, plots, rankings, the search's record and the dry run's status
+(`onorm run` itself repairs instead of refusing: execute/recorder.py).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Any, Sequence
+
+from orchestrator.layout import ExperimentLayout
+from trainers.errors import UserError
+from trainers.parquet_io import DamagedParquet, read_parquet, read_table
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+
+def read_results(layout: ExperimentLayout, which: str, columns: Sequence[str] | None = None,
+                 arrow: bool = False) -> "pd.DataFrame | pa.Table | None":
+    """metrics.parquet or trials.parquet (`which`) as a DataFrame (or an Arrow table, which
+    needs no pandas); None when the file does not exist; a UserError with the fix when it
+    is damaged."""
+    path = layout.metrics if which == "metrics" else layout.trials
+    try:
+        if arrow:
+            return read_table(path, columns)
+        return read_parquet(path, columns)
+    except FileNotFoundError:
+        return None
+    except DamagedParquet as err:
+        raise UserError(f"{err}: {rebuild_hint(layout)}") from None
+
+
+def rebuild_hint(layout: ExperimentLayout) -> str:
+    return (f"`{rebuild_command(layout)}` moves it aside and rebuilds it from the trial store "
+            f"in {layout.store} (it also resumes any unfinished trial)")
+
+
+def rebuild_command(layout: ExperimentLayout) -> str:
+    """The command that ran this folder, from its experiment.yaml (kind, experiments file)."""
+    resolved = _resolved(layout)
+    command = ["onorm", "tune" if resolved.get("kind") == "tune" else "run", layout.name]
+    if isinstance(resolved.get("config"), str):
+        command += ["--config", resolved["config"]]
+    return shlex.join(command + ["--results", str(layout.dir.absolute().parent)])
+
+
+def _resolved(layout: ExperimentLayout) -> dict[str, Any]:
+    import yaml
+
+    try:
+        resolved = yaml.safe_load(layout.resolved.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    return resolved if isinstance(resolved, dict) else {}
