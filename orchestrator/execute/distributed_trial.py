@@ -1,9 +1,10 @@
 """A trial of K workers: the Tune trial launches a Ray Train TorchTrainer running the shared
 trainer on every worker (the pattern Ray 2.60 documents for Train inside Tune).
 
-The Tune trial only coordinates (it holds COORDINATOR_CPU; Ray Train places the K workers
-with the per-worker cpu/gpu). It counts the attempt in the trial store and hands every worker
-the latest checkpoint, so each rank resumes from it. Each worker runs `train()` in the process
+The Tune trial only coordinates (it holds COORDINATOR, no CPU: Ray Train places the K
+workers with the per-worker cpu/gpu, which may then take every CPU of their nodes). It counts
+the attempt in the trial store and hands every worker the latest checkpoint, so each rank
+resumes from it. Each worker runs `train()` in the process
 group Ray Train set up (NCCL on GPUs, gloo on CPUs); rank 0 sends every epoch's checkpoint and
 metrics to the store, then all ranks report (Ray Train's report is a barrier) and Tune hears
 rank 0's metrics. A worker that dies fails the Train run, hence the Tune trial, which Tune
@@ -18,8 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# The coordinator's request: Tune cannot place a trial asking for nothing.
-COORDINATOR_CPU = 0.01
+# The coordinating trial's request: Tune cannot place a trial that asks for nothing, and a
+# CPU fraction would keep K workers from using all of a node's CPUs; a MiB of Ray's logical
+# memory resource costs nothing (checked: such a Tune trial runs).
+COORDINATOR = {"memory": 1024 * 1024}
 
 
 def run_distributed(params: dict[str, Any]) -> None:

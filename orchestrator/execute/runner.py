@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.execute.distributed_trial import COORDINATOR_CPU
+from orchestrator.execute.distributed_trial import COORDINATOR
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.provenance import provenance
@@ -217,7 +217,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                 r = params["trial"]["resources"]
                 if int(r.get("workers", 1)) > 1:
                     # the trial only coordinates; Ray Train places its workers itself
-                    return tune.PlacementGroupFactory([{"CPU": COORDINATOR_CPU}])
+                    return tune.PlacementGroupFactory([COORDINATOR])
                 return tune.PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
 
             from orchestrator.execute.trainable import run_trial
