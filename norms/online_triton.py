@@ -7,6 +7,20 @@ process as the backward. Each direction is three kernel launches, four with laye
 on tensor values, and block sizes follow from the shape alone (no autotuning), so a step can
 run ahead of the GPU and be captured in a CUDA graph.
 
+With a `chain` (norms.sync.SampleChain: a data-parallel trial, every rank with the same
+number of samples) the recurrences run over every rank's samples, as in the eager op. The
+forward all-gathers the per-(n, c) partial sums of spatial_sums (small: never activations),
+scans the global batch on every rank (m and var come out the same everywhere) and keeps only
+this rank's per-(n, c) results, so that the output pass and the whole backward but its scan
+see this rank's samples alone. The backward computes what this rank's samples feed the
+control process (chain_terms, which also does layer scaling's per-sample k), all-gathers
+it, and scans the global batch for u and v, writing this rank's coefficients and affine
+gradients. One collective per direction, and the launches of a step without a chain but
+for the backward's chain_terms in place of grad_layer_scale (so four whatever the ecm):
+forward spatial_sums, gather, forward_scan, [layer_scale,] scale_shift; backward grad_sums,
+chain_terms, gather, backward_scan, combine. The rank and world size are kernel arguments
+that are not specialized on, so every rank runs the same compiled kernels.
+
 Imported only when the Triton path runs (norms.impl decides), so norms imports without
 triton.
 """
@@ -164,10 +178,11 @@ class OnlineNormTritonFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                 bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
                 u: torch.Tensor, v: torch.Tensor, alpha_fwd: float, alpha_bkw: float,
-                eps: float, ecm: str, ls_eps: float, clamp_val: float) -> torch.Tensor:
+                eps: float, ecm: str, ls_eps: float, clamp_val: float,
+                chain: Any = None) -> torch.Tensor:
         with _on_device(x.device):
             return _forward(ctx, x, weight, bias, m, var, u, v, alpha_fwd, alpha_bkw, eps,
-                            ecm, ls_eps, clamp_val)
+                            ecm, ls_eps, clamp_val, chain)
 
     @staticmethod
     @once_differentiable
@@ -190,10 +205,26 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _rows(chain: Any, n: int) -> tuple[int, int, int]:
+    """(samples scanned, this rank's first among them, world size): the global batch with
+    a chain, the local one (0, 1) without."""
+    if chain is None:
+        return n, 0, 1
+    return chain.world * n, chain.rank * n, chain.world
+
+
+def _gather(chain: Any, t: torch.Tensor) -> torch.Tensor:
+    """A (..., n, C) float64 tensor of this rank's samples -> (..., world*n, C), every
+    rank's in rank order (SampleChain.gather along the sample dimension)."""
+    *lead, n, c = t.shape
+    return chain.gather(t.reshape(-1, n, c)).view(*lead, -1, c)
+
+
 def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
              bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
              u: torch.Tensor, v: torch.Tensor, alpha_fwd: float, alpha_bkw: float,
-             eps: float, ecm: str, ls_eps: float, clamp_val: float) -> torch.Tensor:
+             eps: float, ecm: str, ls_eps: float, clamp_val: float,
+             chain: Any = None) -> torch.Tensor:
     n, c, h, w = x.shape
     hw = h * w
     x, x_strides = _spatial_strides(x)
@@ -204,12 +235,16 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
                          float(clamp_val)), device)
 
     sums = _pair_sums(kernels.spatial_sums_kernel, (x,), (x_strides,), (n, c, hw), (), {})
+    if chain is not None:
+        sums = _gather(chain, sums)
+    total, first, _ = _rows(chain, n)
     saved = _empty((4, n, c), torch.float64, device)
     coef = _empty((2, n, c), _compute_dtype(x), device)
-    block_n, block_c = _scan_blocks(n, c)
+    block_n, block_c = _scan_blocks(total, c)
     _launch(kernels.forward_scan_kernel, (_cdiv(c, block_c),),
-            sums, m, var, w_arg, b_arg, saved, coef, consts, n, c, hw, SPLIT=sums.shape[1],
-            BLOCK_N=block_n, BLOCK_C=block_c, HAS_AFFINE=affine, WRITE_COEF=ecm != "ls")
+            sums, m, var, w_arg, b_arg, saved, coef, consts, total, first, n, c, hw,
+            SPLIT=sums.shape[1], BLOCK_N=block_n, BLOCK_C=block_c, HAS_AFFINE=affine,
+            WRITE_COEF=ecm != "ls")
     del sums
     fk = None
     if ecm == "ls":
@@ -229,6 +264,7 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
     ctx.small = (saved, coef, fk)
     ctx.state = (u, v)
     ctx.config = (consts, ecm)
+    ctx.chain = chain
     return out
 
 
@@ -237,6 +273,7 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
     saved, coef, fk = ctx.small
     u, v = ctx.state
     consts, ecm = ctx.config
+    chain = ctx.chain
     n, c, h, w = x.shape
     hw = h * w
     _, x_strides = _spatial_strides(x)
@@ -247,20 +284,30 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
     sums = _pair_sums(kernels.grad_sums_kernel, (grad_out, x), (g_strides, x_strides),
                       (n, c, hw), (saved, coef, consts), {"ECM": _ECM[ecm]})
     split = sums.shape[1]
-    if ecm == "ls":
+    fk_arg = fk if fk is not None else saved   # never read without layer scaling
+    terms = saved                              # never read without a chain
+    if chain is not None:
+        terms = _empty((4, n, c), torch.float64, x.device)
+        _launch(kernels.chain_terms_kernel, (_cdiv(n, LS_ROWS),),
+                sums, saved, w_arg, b_arg, fk_arg, terms, consts, n, c, hw, chain.world,
+                ECM=_ECM[ecm], SPLIT=split, BLOCK_N=LS_ROWS, BLOCK_C=min(_pow2(c), LS_COLS),
+                HAS_AFFINE=affine)
+        terms = _gather(chain, terms)
+    elif ecm == "ls":
         _launch(kernels.grad_layer_scale_kernel, (_cdiv(n, LS_ROWS),),
                 sums, saved, w_arg, b_arg, fk, n, c, hw, SPLIT=split, BLOCK_N=LS_ROWS,
                 BLOCK_C=min(_pow2(c), LS_COLS), HAS_AFFINE=affine)
+    total, first, world = _rows(chain, n)
     grad_weight = _empty_like(weight) if affine else None
     grad_bias = _empty_like(bias) if affine else None
     back_coef = _empty_like(coef)      # Q, R
-    block_n, block_c = _scan_blocks(n, c)
+    block_n, block_c = _scan_blocks(total, c)
     _launch(kernels.backward_scan_kernel, (_cdiv(c, block_c),),
-            sums, saved, fk if fk is not None else saved, w_arg, b_arg, u, v,
-            grad_weight if affine else x, grad_bias if affine else x, back_coef, consts, n, c,
-            hw, ECM=_ECM[ecm], SPLIT=split, BLOCK_N=block_n, BLOCK_C=block_c,
-            HAS_AFFINE=affine)
-    del sums
+            sums, saved, fk_arg, w_arg, b_arg, u, v,
+            grad_weight if affine else x, grad_bias if affine else x, back_coef, terms, consts,
+            total, first, n, c, hw, world, ECM=_ECM[ecm], SPLIT=split, BLOCK_N=block_n,
+            BLOCK_C=block_c, HAS_AFFINE=affine, CHAIN=chain is not None)
+    del sums, terms
 
     grad_x = None
     if ctx.needs_input_grad[0]:
@@ -270,4 +317,4 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
         _launch(kernels.combine_kernel, grid,
                 grad_out, x, coef, back_coef, grad_x, consts, n, c, hw, *g_strides,
                 *x_strides, *out_strides, *blocks, ECM=_ECM[ecm], **sizes)
-    return (grad_x, grad_weight, grad_bias) + (None,) * 10
+    return (grad_x, grad_weight, grad_bias) + (None,) * 11

@@ -164,13 +164,15 @@ def _params(w_ptr, b_ptr, c, c_ok, BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constex
     return w, b
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "LO", "NL"])
 def forward_scan_kernel(sums_ptr, m_ptr, var_ptr, w_ptr, b_ptr, saved_ptr, coef_ptr,
-                        consts_ptr, N, C, HW, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
-                        WRITE_COEF: tl.constexpr):
-    """m, var over the batch; saved[0..3] = mu, s2, m_i, r_i = 1/sqrt(var_i + eps); without
-    layer scaling also the pass coefficients A = r*w, B = b - A*m_i."""
+                        consts_ptr, N, LO, NL, C, HW, SPLIT: tl.constexpr,
+                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                        HAS_AFFINE: tl.constexpr, WRITE_COEF: tl.constexpr):
+    """m, var over the N samples of the sums; saved[0..3] = mu, s2, m_i, r_i =
+    1/sqrt(var_i + eps); without layer scaling also the pass coefficients A = r*w,
+    B = b - A*m_i. saved and coef hold the NL samples from LO on (this rank's, in a chain
+    over ranks whose sums were gathered; all of them otherwise: LO = 0, NL = N)."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     j = tl.arange(0, BLOCK_N)
@@ -197,16 +199,17 @@ def forward_scan_kernel(sums_ptr, m_ptr, var_ptr, w_ptr, b_ptr, saved_ptr, coef_
         var_i = _states(tl.where(ok1, alpha, 1.0),
                         tl.where(ok1, one_a * (s2_1 + alpha_s * d1 * d1), 0.0), var_s)
         r = 1.0 / tl.sqrt(var_i + eps)
-        offs = i[:, None] * C + c[None, :]
-        tl.store(saved_ptr + offs, mu0, mask=ok0)
-        tl.store(saved_ptr + N * C + offs, s2_0, mask=ok0)
-        tl.store(saved_ptr + 2 * N * C + offs, m_i, mask=ok0)
-        tl.store(saved_ptr + 3 * N * C + offs, r, mask=ok0)
+        mine = ok0 & ((i >= LO) & (i < LO + NL))[:, None]
+        offs = (i - LO)[:, None] * C + c[None, :]
+        tl.store(saved_ptr + offs, mu0, mask=mine)
+        tl.store(saved_ptr + NL * C + offs, s2_0, mask=mine)
+        tl.store(saved_ptr + 2 * NL * C + offs, m_i, mask=mine)
+        tl.store(saved_ptr + 3 * NL * C + offs, r, mask=mine)
         if WRITE_COEF:
             a0 = r * w[None, :]
             ty = coef_ptr.dtype.element_ty
-            tl.store(coef_ptr + offs, a0.to(ty), mask=ok0)
-            tl.store(coef_ptr + N * C + offs, (b[None, :] - a0 * m_i).to(ty), mask=ok0)
+            tl.store(coef_ptr + offs, a0.to(ty), mask=mine)
+            tl.store(coef_ptr + NL * C + offs, (b[None, :] - a0 * m_i).to(ty), mask=mine)
         # The state after the chunk's last sample starts the next chunk.
         is_last = j == tl.minimum(N - n0, BLOCK_N) - 1
         d0 = mu0 - m_i
@@ -326,14 +329,11 @@ def grad_sums_kernel(g_ptr, x_ptr, saved_ptr, coef_ptr, consts_ptr, sums_ptr, N,
     tl.store(out + SPLIT * N * C, tl.sum(acc_x, axis=2), mask=mask2)
 
 
-@triton.jit(do_not_specialize=["N"])
-def grad_layer_scale_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, N, C, HW,
-                            SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr):
-    """k_n = f_n^3/(C*H*W) * sum over (c, hw) of G*z, the layer-scaling term of
-    dL/dz = f*G - k*z; sum_hw G*z = A0*sum G*(x - mu) + E[z]*sum G. fk[0] = f, fk[1] = k."""
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    r_ok = rows < N
+@triton.jit
+def _layer_scale_k(sums_ptr, saved_ptr, w_ptr, b_ptr, f, rows, r_ok, N, C, HW,
+                   SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                   HAS_AFFINE: tl.constexpr):
+    """k of samples `rows` (grad_layer_scale_kernel), given their f."""
     acc = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float64)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
@@ -344,8 +344,21 @@ def grad_layer_scale_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, N, C, HW,
         sum_g, sum_gxc = _split_sums(sums_ptr, offs, mask, N, C, SPLIT)
         _, _, _, _, a0, mean_z = _affine_terms(saved_ptr, w, b, offs, mask, N, C)
         acc += a0 * sum_gxc + mean_z * sum_g
+    return f * f * f * tl.sum(acc, axis=1) / (C * HW)
+
+
+@triton.jit(do_not_specialize=["N"])
+def grad_layer_scale_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, N, C, HW,
+                            SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr):
+    """k_n = f_n^3/(C*H*W) * sum over (c, hw) of G*z, the layer-scaling term of
+    dL/dz = f*G - k*z; sum_hw G*z = A0*sum G*(x - mu) + E[z]*sum G. fk[0] = f, fk[1] = k."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_ok = rows < N
     f = tl.load(fk_ptr + rows, mask=r_ok, other=0.0)
-    tl.store(fk_ptr + N + rows, f * f * f * tl.sum(acc, axis=1) / (C * HW), mask=r_ok)
+    k = _layer_scale_k(sums_ptr, saved_ptr, w_ptr, b_ptr, f, rows, r_ok, N, C, HW, SPLIT,
+                       BLOCK_N, BLOCK_C, HAS_AFFINE)
+    tl.store(fk_ptr + N + rows, k, mask=r_ok)
 
 
 @triton.jit
@@ -356,13 +369,27 @@ def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, row_ok, c, c_ok, N, 
     layer-scaling k*A0 (0 without it), and the per-(n, c) sums of dL/dz and dL/dz*y (the
     affine gradients). Where masked: all 0 and the coefficient 1, an identity map, whatever
     lies in memory there (shifted rows index -1 and -2 at a batch's start)."""
+    if ECM == ECM_LS:
+        f = tl.load(fk_ptr + rows, mask=row_ok, other=0.0)
+        k = tl.load(fk_ptr + N + rows, mask=row_ok, other=0.0)
+    else:
+        f = tl.zeros_like(rows).to(tl.float64)   # unused
+        k = f
+    return _control_terms_fk(sums_ptr, saved_ptr, f, k, w, b, rows, row_ok, c, c_ok, N, C, HW,
+                             one_b, ECM, SPLIT)
+
+
+@triton.jit
+def _control_terms_fk(sums_ptr, saved_ptr, f, k, w, b, rows, row_ok, c, c_ok, N, C, HW, one_b,
+                      ECM: tl.constexpr, SPLIT: tl.constexpr):
+    """_control_terms, with the layer-scaling f and k of the samples given ('ls' only)."""
     mask = row_ok[:, None] & c_ok[None, :]
     offs = rows[:, None] * C + c[None, :]
     sum_g, sum_gxc = _split_sums(sums_ptr, offs, mask, N, C, SPLIT)
     r, m_i, d, s2, a0, mean_z = _affine_terms(saved_ptr, w, b, offs, mask, N, C)
     if ECM == ECM_LS:
-        f = tl.load(fk_ptr + rows, mask=row_ok, other=0.0)[:, None]
-        k = tl.load(fk_ptr + N + rows, mask=row_ok, other=0.0)[:, None]
+        f = f[:, None]
+        k = k[:, None]
         ka0 = k * a0
         # dL/dz = f*G - k*z, z = A0*(x - mu) + E[z]
         sum_dz = tl.where(mask, f * sum_g - (k * HW) * mean_z, 0.0)
@@ -377,15 +404,71 @@ def _control_terms(sums_ptr, saved_ptr, fk_ptr, w, b, rows, row_ok, c, c_ok, N, 
     return coef, sum_dzy * w_hw, sum_dz * w_hw, r * d, r, m_i, a0, ka0, sum_dz, sum_dzy
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "WORLD"])
+def chain_terms_kernel(sums_ptr, saved_ptr, w_ptr, b_ptr, fk_ptr, terms_ptr, consts_ptr, N, C,
+                       HW, WORLD, ECM: tl.constexpr, SPLIT: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                       HAS_AFFINE: tl.constexpr):
+    """In a chain over WORLD ranks, what this rank's samples feed the control process, to be
+    gathered: terms[0..3] = v's coefficient 1 - (1-b)*E[y^2], v's input E[g*y]/WORLD, and
+    u's input terms r*E[g]/WORLD and r*E[y] (u's input is r*E[g] - (1-b)*v*r*E[y]). The
+    gradient reaching a rank is WORLD times the one-device one: the inputs are brought back
+    to one-device scale. With layer scaling this first computes k, as
+    grad_layer_scale_kernel (which a chained backward does not launch)."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    r_ok = rows < N
+    if ECM == ECM_LS:
+        f = tl.load(fk_ptr + rows, mask=r_ok, other=0.0)
+        k = _layer_scale_k(sums_ptr, saved_ptr, w_ptr, b_ptr, f, rows, r_ok, N, C, HW, SPLIT,
+                           BLOCK_N, BLOCK_C, HAS_AFFINE)
+        tl.store(fk_ptr + N + rows, k, mask=r_ok)
+    else:
+        f = tl.zeros([BLOCK_N], dtype=tl.float64)   # unused
+        k = f
+    one_b = 1.0 - tl.load(consts_ptr + K_BETA)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = c < C
+        mask = r_ok[:, None] & c_ok[None, :]
+        w, b = _params(w_ptr, b_ptr, c, c_ok, BLOCK_C, HAS_AFFINE)
+        coef, ev, eg, ey, r, _, _, _, _, _ = _control_terms_fk(
+            sums_ptr, saved_ptr, f, k, w, b, rows, r_ok, c, c_ok, N, C, HW, one_b, ECM, SPLIT)
+        offs = rows[:, None] * C + c[None, :]
+        tl.store(terms_ptr + offs, coef, mask=mask)
+        tl.store(terms_ptr + N * C + offs, ev / WORLD, mask=mask)
+        tl.store(terms_ptr + 2 * N * C + offs, r * eg / WORLD, mask=mask)
+        tl.store(terms_ptr + 3 * N * C + offs, r * ey, mask=mask)
+
+
+@triton.jit
+def _chain_terms(terms_ptr, rows, row_ok, c, c_ok, N, C):
+    """The gathered terms of samples `rows` (chain_terms_kernel); where masked the
+    identity map (coefficient 1, inputs 0)."""
+    mask = row_ok[:, None] & c_ok[None, :]
+    offs = rows[:, None] * C + c[None, :]
+    coef = tl.load(terms_ptr + offs, mask=mask, other=1.0)
+    ev = tl.load(terms_ptr + N * C + offs, mask=mask, other=0.0)
+    ueg = tl.load(terms_ptr + 2 * N * C + offs, mask=mask, other=0.0)
+    uey = tl.load(terms_ptr + 3 * N * C + offs, mask=mask, other=0.0)
+    return coef, ev, ueg, uey
+
+
+@triton.jit(do_not_specialize=["N", "LO", "NL", "WORLD"])
 def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr, gw_ptr,
-                         gb_ptr, coef_ptr, consts_ptr, N, C, HW, ECM: tl.constexpr,
-                         SPLIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                         HAS_AFFINE: tl.constexpr):
+                         gb_ptr, coef_ptr, terms_ptr, consts_ptr, N, LO, NL, C, HW, WORLD,
+                         ECM: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_C: tl.constexpr, HAS_AFFINE: tl.constexpr,
+                         CHAIN: tl.constexpr):
     """The control process over the batch: v_{i+1} = (1 - (1-b)*E[y_i^2])*v_i + E[g_i*y_i],
     u_{i+1} = b*u_i + r_i*E[t_i] with E[t_i] = E[g_i] - (1-b)*v_i*E[y_i]; u, v updated; the
     affine gradients; and the coefficients of grad_x = G*A - x*Q + R (G*A = r*g*f):
-    Q = (1-b)*v_i*r_i^2 + k*A0^2, R = Q*m_i - (1-b)*u_i - k*A0*b."""
+    Q = (1-b)*v_i*r_i^2 + k*A0^2, R = Q*m_i - (1-b)*u_i - k*A0*b.
+
+    With CHAIN (a chain over WORLD ranks) the recurrences run over the N samples of the
+    gathered terms (chain_terms_kernel: at one-device scale), the same on every rank, while
+    sums, saved, fk and the coefficients Q, R are this rank's NL samples from LO on, with
+    v_i and u_i at this rank's gradient scale (times WORLD); the affine gradients are this
+    rank's samples' alone. Without: LO = 0, NL = N, WORLD = 1 and terms_ptr unused."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
     j = tl.arange(0, BLOCK_N)
@@ -401,32 +484,56 @@ def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr
     for n0 in range(0, N, BLOCK_N):
         i = n0 + j
         row0, row1, row2 = i < N, (j >= 1) & (i <= N), (j >= 2) & (i <= N + 1)
-        ok0 = row0[:, None] & c_ok[None, :]
         ok1 = row1[:, None] & c_ok[None, :]      # sample i-1, in this chunk
-        coef0, ev0, eg0, ey0, r0, m0, a0, ka0, sum_dz, sum_dzy = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i, row0, c, c_ok, N, C, HW, one_b, ECM,
-            SPLIT)
-        coef1, ev1, eg1, ey1, r1, _, _, _, _, _ = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i - 1, row1, c, c_ok, N, C, HW, one_b, ECM,
-            SPLIT)
-        coef2, ev2, _, _, _, _, _, _, _, _ = _control_terms(
-            sums_ptr, saved_ptr, fk_ptr, w, b, i - 2, row2, c, c_ok, N, C, HW, one_b, ECM,
-            SPLIT)
-        # v before sample i and before sample i-1 (masked rows are identity maps).
-        v_i = _states(coef1, ev1, v_s)
-        v_prev = _states(coef2, ev2, v_s)
-        mean_t1 = eg1 - one_b * v_prev * ey1
-        u_i = _states(tl.where(ok1, beta, 1.0), r1 * mean_t1, u_s)
-        grad_w += tl.sum(sum_dzy, axis=0)
-        grad_b += tl.sum(sum_dz, axis=0)
-        q = one_b * v_i * r0 * r0 + ka0 * a0
-        rest = q * m0 - one_b * u_i - ka0 * b[None, :]
-        offs = i[:, None] * C + c[None, :]
-        tl.store(coef_ptr + offs, q.to(ty), mask=ok0)
-        tl.store(coef_ptr + N * C + offs, rest.to(ty), mask=ok0)
         is_last = j == tl.minimum(N - n0, BLOCK_N) - 1
-        u_s = _last_row(beta_s * u_i + r0 * (eg0 - one_b * v_i * ey0), is_last)
-        v_s = _last_row(coef0 * v_i + ev0, is_last)
+        if CHAIN:
+            coef0, ev0, ueg0, uey0 = _chain_terms(terms_ptr, i, row0, c, c_ok, N, C)
+            coef1, ev1, ueg1, uey1 = _chain_terms(terms_ptr, i - 1, row1, c, c_ok, N, C)
+            coef2, ev2, _, _ = _chain_terms(terms_ptr, i - 2, row2, c, c_ok, N, C)
+            loc = i - LO                         # this rank's samples, rows 0..NL-1 of its own
+            mine = row0 & (loc >= 0) & (loc < NL)
+            _, _, _, _, r0, m0, a0, ka0, sum_dz, sum_dzy = _control_terms(
+                sums_ptr, saved_ptr, fk_ptr, w, b, loc, mine, c, c_ok, NL, C, HW, one_b, ECM,
+                SPLIT)
+            v_i = _states(coef1, ev1, v_s)
+            v_prev = _states(coef2, ev2, v_s)
+            u_i = _states(tl.where(ok1, beta, 1.0), ueg1 - one_b * v_prev * uey1, u_s)
+            grad_w += tl.sum(sum_dzy, axis=0)
+            grad_b += tl.sum(sum_dz, axis=0)
+            v_r = v_i * WORLD                    # the state's terms at this rank's scale
+            q = one_b * v_r * r0 * r0 + ka0 * a0
+            rest = q * m0 - one_b * (u_i * WORLD) - ka0 * b[None, :]
+            offs = loc[:, None] * C + c[None, :]
+            mine2 = mine[:, None] & c_ok[None, :]
+            tl.store(coef_ptr + offs, q.to(ty), mask=mine2)
+            tl.store(coef_ptr + NL * C + offs, rest.to(ty), mask=mine2)
+            u_s = _last_row(beta_s * u_i + ueg0 - one_b * v_i * uey0, is_last)
+            v_s = _last_row(coef0 * v_i + ev0, is_last)
+        else:
+            ok0 = row0[:, None] & c_ok[None, :]
+            coef0, ev0, eg0, ey0, r0, m0, a0, ka0, sum_dz, sum_dzy = _control_terms(
+                sums_ptr, saved_ptr, fk_ptr, w, b, i, row0, c, c_ok, N, C, HW, one_b, ECM,
+                SPLIT)
+            coef1, ev1, eg1, ey1, r1, _, _, _, _, _ = _control_terms(
+                sums_ptr, saved_ptr, fk_ptr, w, b, i - 1, row1, c, c_ok, N, C, HW, one_b, ECM,
+                SPLIT)
+            coef2, ev2, _, _, _, _, _, _, _, _ = _control_terms(
+                sums_ptr, saved_ptr, fk_ptr, w, b, i - 2, row2, c, c_ok, N, C, HW, one_b, ECM,
+                SPLIT)
+            # v before sample i and before sample i-1 (masked rows are identity maps).
+            v_i = _states(coef1, ev1, v_s)
+            v_prev = _states(coef2, ev2, v_s)
+            mean_t1 = eg1 - one_b * v_prev * ey1
+            u_i = _states(tl.where(ok1, beta, 1.0), r1 * mean_t1, u_s)
+            grad_w += tl.sum(sum_dzy, axis=0)
+            grad_b += tl.sum(sum_dz, axis=0)
+            q = one_b * v_i * r0 * r0 + ka0 * a0
+            rest = q * m0 - one_b * u_i - ka0 * b[None, :]
+            offs = i[:, None] * C + c[None, :]
+            tl.store(coef_ptr + offs, q.to(ty), mask=ok0)
+            tl.store(coef_ptr + N * C + offs, rest.to(ty), mask=ok0)
+            u_s = _last_row(beta_s * u_i + r0 * (eg0 - one_b * v_i * ey0), is_last)
+            v_s = _last_row(coef0 * v_i + ev0, is_last)
     tl.store(u_ptr + c, u_s.to(u_ptr.dtype.element_ty), mask=c_ok)
     tl.store(v_ptr + c, v_s.to(v_ptr.dtype.element_ty), mask=c_ok)
     if HAS_AFFINE:
