@@ -288,10 +288,11 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
     terms = saved                              # never read without a chain
     if chain is not None:
         terms = _empty((4, n, c), torch.float64, x.device)
+        # As many live tiles as the backward scan's control terms: its tile size.
         _launch(kernels.chain_terms_kernel, (_cdiv(n, LS_ROWS),),
                 sums, saved, w_arg, b_arg, fk_arg, terms, consts, n, c, hw, chain.world,
-                ECM=_ECM[ecm], SPLIT=split, BLOCK_N=LS_ROWS, BLOCK_C=min(_pow2(c), LS_COLS),
-                HAS_AFFINE=affine)
+                ECM=_ECM[ecm], SPLIT=split, BLOCK_N=LS_ROWS,
+                BLOCK_C=min(_pow2(c), max(1, SCAN_TILE // LS_ROWS)), HAS_AFFINE=affine)
         terms = _gather(chain, terms)
     elif ecm == "ls":
         _launch(kernels.grad_layer_scale_kernel, (_cdiv(n, LS_ROWS),),
