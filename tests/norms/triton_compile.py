@@ -7,6 +7,8 @@ make (without running them; the kernels must not be interpreted), specializes th
 arguments as the JIT would, and compiles each distinct kernel to a cubin for the target
 (sm_90 by default, Triton's own ptxas). Usage: python tests/norms/triton_compile.py [--arch 90]
 [--ptxas-info] [--cases K]; prints one line per compiled variant, exits 1 if any fails.
+Each case runs once alone and once as rank 1 of a chain over 2 ranks (norms.sync), whose
+backward launches kernels of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ CASES = [((8, 4, 5, 6), "float32", "ls", True, False),
          ((32, 256, 56, 56), "float32", "ac", True, True)]
 
 
+class _Chain:
+    """Rank 1 of 2 for the launches' shapes (nothing runs: the gathered data are never read)."""
+
+    world, rank = 2, 1
+
+    def gather(self, t):
+        import torch
+        return torch.cat([t, t], dim=1)
+
+
 def record_launches(cases: int = len(CASES)) -> list[tuple[Any, tuple, dict]]:
     import torch
 
@@ -46,9 +58,10 @@ def record_launches(cases: int = len(CASES)) -> list[tuple[Any, tuple, dict]]:
         weight = torch.ones(c, requires_grad=True) if affine else None
         bias = torch.zeros(c, requires_grad=True) if affine else None
         state = [torch.zeros(c), torch.ones(c), torch.zeros(c), torch.zeros(c)]
-        out = online_triton.OnlineNormTritonFunction.apply(
-            x, weight, bias, *state, 0.999, 0.99, 1e-5, ecm, 1e-5, 5.0)
-        out.backward(torch.zeros_like(out))
+        for chain in (None, _Chain()):
+            out = online_triton.OnlineNormTritonFunction.apply(
+                x, weight, bias, *state, 0.999, 0.99, 1e-5, ecm, 1e-5, 5.0, chain)
+            out.backward(torch.zeros_like(out))
     return launches
 
 
