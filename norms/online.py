@@ -135,12 +135,9 @@ class _OnlineNorm(nn.Module):
             args = (x, self.weight, self.bias, self.m, self.var, self.u, self.v,
                     self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm, self.ls_eps,
                     self.clamp_val)
-            chain = self._chain()
-            if chain is not None:   # the chain over ranks is the eager op's for now
-                from norms.online_function import OnlineNormFunction
-
-                return OnlineNormFunction.apply(*args, chain)
-            return training_function(self.impl, x.device).apply(*args)
+            function = training_function(self.impl, x.device)
+            chain = self._chain()   # both ops run the chain over ranks (norms.sync)
+            return function.apply(*args, chain) if chain is not None else function.apply(*args)
         scale = (self.var.double() + self.eps).rsqrt()
         shift = -self.m.double() * scale
         y = torch.addcmul(shift.to(x.dtype)[:, None, None], x, scale.to(x.dtype)[:, None, None])

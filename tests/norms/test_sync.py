@@ -4,6 +4,11 @@ A small ResNet takes a few SGD steps on one global batch of 16, split in rank or
 norms.convert_sync_norms every output, input and parameter gradient, weight and state buffer
 matches one process to 1e-5 relative error; without it batch norm and Online Norm compute
 something else (shown too). Eval mode and per-sample normalizers need nothing.
+
+The ResNet's Online Norm runs the eager op (CPU tensors); a tiny conv net runs its Online
+Norm on the Triton kernels' chain as well: under Triton's interpreter in the same gloo
+processes (which inherit TRITON_INTERPRET=1 from this one, tests/norms/conftest.py), and
+compiled, on two GPUs over NCCL, where a machine has them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from devices import TRITON, TRITON_INTERPRETER
 from torch import nn
 
 import norms
@@ -26,31 +32,65 @@ NORMS = {"batch": ("batch", {}), "online ls": ("online", {"ecm": "ls"}),
 TOL = 1e-5
 
 
+# The tiny net's Online Norm, per case: (ecm, impl).
+TRITON_NETS = {f"{ecm} {impl}": (ecm, impl) for ecm in ("ls", "none")
+               for impl in ("triton", "eager")}
+
+
 def make_model(mode: str, options: dict) -> nn.Module:
     torch.manual_seed(0)
     factory = norms.norm_factory(mode, alpha_fwd=0.9, alpha_bkw=0.8, **options)
     return build_cifar_resnet(8, 10, factory).double()
 
 
-def batches():
+def make_net(ecm: str, impl: str) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1),
+                         norms.OnlineNorm2d(4, alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, impl=impl),
+                         nn.ReLU(), nn.AvgPool2d(4), nn.Flatten(), nn.Linear(16, 10)).double()
+
+
+def train_net(ecm: str, impl: str, device: str = "cpu", synced: bool = False, rank: int = 0,
+              world: int = 1) -> list[dict]:
+    """train_steps of the tiny net, with its Online Norm's outputs as well."""
+    net = make_net(ecm, impl).to(device)
+    if synced:
+        net = norms.convert_sync_norms(net)
+    outputs: list[torch.Tensor] = []
+    net[1].register_forward_hook(lambda module, inputs, out: outputs.append(out.detach()))
+    record = train_steps(net, rank, world, device, steps=2)   # interpreted: slow
+    for step, out in zip(record, outputs):
+        step["norm_out"] = out
+    return [{k: _to_cpu(v) for k, v in step.items()} for step in record]
+
+
+def _to_cpu(value):
+    if isinstance(value, dict):
+        return {k: v.cpu() for k, v in value.items()}
+    return value.cpu()
+
+
+def batches(steps: int = STEPS):
     gen = torch.Generator().manual_seed(1)
-    for _ in range(STEPS):
+    for _ in range(steps):
         yield (torch.randn(BATCH, 3, 8, 8, generator=gen, dtype=torch.float64) * 2 + 0.5,
                torch.randint(0, 10, (BATCH,), generator=gen))
 
 
-def train_steps(model: nn.Module, rank: int = 0, world: int = 1) -> list[dict]:
+def train_steps(model: nn.Module, rank: int = 0, world: int = 1, device: str = "cpu",
+                steps: int = STEPS) -> list[dict]:
     """Per step: this process's logits and input gradient (at one-device scale), the averaged
     parameter gradients, then the weights and buffers after the SGD step."""
     net = model if world == 1 else nn.parallel.DistributedDataParallel(
-        model, forward_sync_buffers=False)
+        model, device_ids=[torch.device(device).index] if device != "cpu" else None,
+        forward_sync_buffers=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     local = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
     record = []
-    for x, y in batches():
-        x = x[local].clone().requires_grad_()
+    for x, y in batches(steps):
+        x = x[local].to(device, copy=True).requires_grad_()
         logits = net(x)
-        loss = nn.functional.cross_entropy(logits, y[local])
+        loss = nn.functional.cross_entropy(logits, y[local].to(device))
         optimizer.zero_grad()
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -73,6 +113,27 @@ def worker(rank: int, port: int, out_dir: str) -> None:
                 if synced:
                     model = norms.convert_sync_norms(model)
                 results[(label, synced)] = train_steps(model, rank, WORLD)
+        if TRITON_INTERPRETER:   # the Triton kernels' chain, interpreted on CPU tensors
+            from norms import triton_kernels
+            results["interpreted"] = (os.environ.get("TRITON_INTERPRET"),
+                                      triton_kernels.INTERPRETED)
+            for label, (ecm, impl) in TRITON_NETS.items():
+                results[label] = train_net(ecm, impl, synced=True, rank=rank, world=WORLD)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def nccl_worker(rank: int, port: int, out_dir: str) -> None:
+    """The tiny nets' synchronized steps on GPU `rank` over NCCL (one rank per GPU)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=WORLD,
+                            device_id=torch.device("cuda", rank))
+    try:
+        results = {label: train_net(ecm, impl, f"cuda:{rank}", synced=True, rank=rank,
+                                    world=WORLD)
+                   for label, (ecm, impl) in TRITON_NETS.items()}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -97,6 +158,30 @@ def one_process():
             for label, (mode, options) in NORMS.items()}
 
 
+CUDA_RANKS = pytest.param("cuda", marks=pytest.mark.skipif(
+    not (TRITON and torch.cuda.device_count() >= WORLD),
+    reason="NCCL runs one rank per GPU: needs 2 GPUs (and triton)"))
+INTERPRETED_RANKS = pytest.param("cpu", marks=pytest.mark.skipif(
+    not TRITON_INTERPRETER, reason="Triton on CPU tensors: only in its interpreter, where "
+    "no CUDA device is (and triton is installed)"))
+
+
+@pytest.fixture(scope="module", params=[INTERPRETED_RANKS, CUDA_RANKS])
+def triton_ranks(request, tmp_path_factory):
+    """(device, each rank's records of the tiny nets, one process's with impl='triton')."""
+    device = request.param
+    if device == "cpu":
+        ranks = request.getfixturevalue("two_ranks")
+        assert all(rank["interpreted"] == ("1", True) for rank in ranks)
+    else:
+        out = tmp_path_factory.mktemp("nccl")
+        mp.spawn(nccl_worker, args=(free_port(), str(out)), nprocs=WORLD)
+        ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    dev = "cuda:0" if device == "cuda" else "cpu"
+    one = {ecm: train_net(ecm, "triton", dev) for ecm in ("ls", "none")}
+    return device, ranks, one
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double(), b.double()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
@@ -109,6 +194,8 @@ def worst(ranks_record, reference) -> float:
         local = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         for got, want in zip(record, reference):
             errors.append(rel_err(got["logits"], want["logits"][local]))
+            if "norm_out" in want:
+                errors.append(rel_err(got["norm_out"], want["norm_out"][local]))
             errors.append(rel_err(got["grad_x"], want["grad_x"][local]))
             errors += [rel_err(got["grads"][k], want["grads"][k]) for k in want["grads"]]
             errors += [rel_err(got["state"][k].double(), want["state"][k].double())
@@ -140,3 +227,42 @@ def test_conversion_keeps_the_state_dict_and_eval_outputs():
     assert set(converted.state_dict()) == keys
     assert any(isinstance(m, norms.SyncBatchNorm2d) for m in converted.modules())
     assert torch.equal(converted.eval()(x), before)   # eval: the running statistics as they are
+
+
+@pytest.mark.parametrize("ecm", ["ls", "none"])
+def test_the_triton_chain_trains_exactly_as_one_process(ecm, triton_ranks):
+    # A synchronized Online Norm on the Triton path uses its kernels (not the eager op) and
+    # matches one process on the whole batch with impl='triton', and the eager chain.
+    device, ranks, one = triton_ranks
+    triton = [rank[f"{ecm} triton"] for rank in ranks]
+    assert worst(triton, one[ecm]) < TOL
+    eager = [rank[f"{ecm} eager"] for rank in ranks]
+    for got, want in zip(triton, eager):
+        for step_got, step_want in zip(got, want):
+            for key in ("logits", "grad_x", "norm_out"):
+                assert rel_err(step_got[key], step_want[key]) < TOL, key
+            for group in ("grads", "state"):
+                for name, value in step_want[group].items():
+                    if value.is_floating_point():
+                        assert rel_err(step_got[group][name], value) < TOL, name
+    for k, value in triton[0][-1]["state"].items():
+        assert torch.equal(value, triton[1][-1]["state"][k]), k
+
+
+@pytest.mark.skipif(not TRITON, reason="triton is not installed")
+def test_a_synchronized_layer_runs_the_function_its_impl_picks(monkeypatch):
+    # Without process groups: a stand-in chain, to see which Function gets it. (On CUDA
+    # 'auto' picks the Triton kernels too: test_online_triton's device cases.)
+    from norms import impl as impl_module
+    from norms.online_function import OnlineNormFunction
+    from norms.online_triton import OnlineNormTritonFunction
+    calls = []
+    monkeypatch.setattr(impl_module, "triton_runs_on", lambda device: True)   # nothing runs
+    monkeypatch.setattr(norms.OnlineNorm2d, "_chain", lambda self: "chain")
+    for name, function in (("triton", OnlineNormTritonFunction), ("eager", OnlineNormFunction)):
+        monkeypatch.setattr(function, "apply",
+                            lambda *args, name=name: calls.append((name, args[-1])))
+    x = torch.randn(2, 3, 4, 4)
+    for impl in ("auto", "eager", "triton"):
+        norms.OnlineNorm2d(3, impl=impl)(x)
+    assert calls == [("eager", "chain"), ("eager", "chain"), ("triton", "chain")]
