@@ -29,7 +29,9 @@ def _world(group: Any) -> int:
 
 
 class SampleChain:
-    """The global batch's samples, in rank order, for per-sample (C, n) tensors."""
+    """The global batch's samples, in rank order, for per-sample tensors with the samples
+    along dimension 1: (C, n) for the eager op, (planes, n, C) for the Triton kernels.
+    Every rank must hold the same number of samples."""
 
     def __init__(self, group: Any = None):
         self.group = group
@@ -37,7 +39,8 @@ class SampleChain:
         self.rank = dist.get_rank(group)
 
     def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """(C, n) on every rank -> (C, world * n), rank r's samples in columns r*n..(r+1)*n."""
+        """(C, n) on every rank -> (C, world * n), rank r's samples in columns r*n..(r+1)*n
+        (likewise along dimension 1 of a tensor with more dimensions)."""
         parts = [torch.empty_like(t) for _ in range(self.world)]
         dist.all_gather(parts, t.contiguous(), group=self.group)
         return torch.cat(parts, dim=1)

@@ -118,11 +118,12 @@ def chained(name, problem, ecm, world, device):
 
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
-@pytest.mark.parametrize("ecm,affine,world", [("ls", True, 2), ("ac", True, 3),
-                                              ("none", False, 2)])
-def test_ranks_compute_what_one_process_computes(ecm, affine, world, device,
+@pytest.mark.parametrize("ecm,affine,world,spatial", [
+    ("ls", True, 2, (2, 3)), ("ac", True, 3, (2, 3)), ("none", False, 2, (1, 1))])
+def test_ranks_compute_what_one_process_computes(ecm, affine, world, spatial, device,
                                                  launches) -> None:
-    problem = make_problem((3 * world, 3, 2, 3), 2, affine)
+    # (1, 1): as an OnlineNorm1d layer's input.
+    problem = make_problem((3 * world, 3, *spatial), 2, affine)
     ranks = chained("triton", problem, ecm, world, device)
     # Four launches and one gather each way, whatever the ecm: chain_terms (which computes
     # layer scaling's k as well) takes grad_layer_scale's place.
