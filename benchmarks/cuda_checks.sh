@@ -24,7 +24,7 @@ cuda_tests() {  # the CUDA cases in parallel groups, each logged to $out/tests-G
     # Triton compiles each kernel variant on first use, on one core per process: groups in
     # parallel spread that over the machine's cores (they share Triton's on-disk cache).
     local groups=(
-        "triton:tests/norms/test_online_triton.py"
+        "triton:tests/norms/test_online_triton.py tests/norms/test_online_chain.py"
         "reference:tests/norms/test_online_vs_reference.py"
         "norms:tests/norms/test_online_dtypes.py tests/norms/test_online_state.py tests/norms/test_registry.py tests/norms/test_recurrences.py"
         "trainers:tests/trainers"
