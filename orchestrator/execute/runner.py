@@ -23,6 +23,7 @@ from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.provenance import provenance
 from orchestrator.execute.recorder import Recorder
+from orchestrator.execute.trackers import Trackers
 from orchestrator.execute.trainable import STORE_NAMESPACE
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
@@ -171,7 +172,8 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                mode: str = "max", max_failures: int = 2,
                skip_statuses: tuple[str, ...] = DONE_STATUSES,
                hooks: dict[str, Any] | None = None, live: LiveView | None = None,
-               on_start: Callable[[], None] | None = None) -> RunSummary:
+               on_start: Callable[[], None] | None = None,
+               log: tuple[str, ...] | list[str] = ()) -> RunSummary:
     """Run the trials that are not done yet; return the count of trials by final status.
 
     `scheduler`/`search_alg` are handed to Tune (e.g. ASHA for tuning; `metric`/`mode` then
@@ -180,15 +182,18 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
     search_alg must accept grid_search (BasicVariantGenerator, or one wrapped in a
     ConcurrencyLimiter). A trial a scheduler ends early is recorded as 'stopped'. `on_start`
     runs once the run is sure to go ahead (after the cluster check), e.g. to write the
-    resolved experiment.yaml: a refused run writes nothing. `hooks` are test-only (e.g.
-    {"exit_after_epoch": 2, "trials": [id]} kills the worker once on the first attempt).
+    resolved experiment.yaml: a refused run writes nothing. `log` names the optional
+    trackers (mlflow, wandb) besides TensorBoard (execute/trackers.py). `hooks` are
+    test-only (e.g. {"exit_after_epoch": 2, "trials": [id]} kills the worker once on the
+    first attempt).
     """
     layout = ExperimentLayout.of(Path(results_root).resolve(), experiment)
     with experiment_lock(layout.dir):   # one writer per folder
         live = live or LiveView(experiment)
         record = provenance()
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         recorder = Recorder(layout, trials, record, skip_statuses=skip_statuses,
-                            on_change=live)
+                            on_change=live, say=say, trackers=Trackers(layout, log, say=say))
         summary = RunSummary(experiment, {}, layout,
                              skipped=[t.trial_id for t in recorder.skipped()])
         for spec in recorder.skipped():
@@ -198,6 +203,10 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
         if not pending:
             if on_start is not None:
                 on_start()
+            try:
+                recorder.sync_trackers()   # logs of a folder recorded before they existed
+            finally:
+                recorder.close_trackers()
             summary.counts = recorder.counts()
             return summary
 
@@ -210,6 +219,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
             if on_start is not None:
                 on_start()
             recorder.write(metrics=True)
+            recorder.sync_trackers()
             store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
             store = start_store(layout.store, store_name)
 
@@ -247,14 +257,19 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
             try:
                 tuner.fit()
             finally:
-                live.stop()
-                ray.kill(store)
-                recorder.interrupted()  # Ctrl-C or an early exit: running trials go back to pending
+                try:
+                    # Ctrl-C or an early exit: running trials go back to pending (and the
+                    # view's last picture says so)
+                    recorder.interrupted()
+                finally:
+                    live.stop(recorder)
+                    ray.kill(store)
             # Tune catches the first Ctrl-C itself and returns from fit() as if done; a trial left
             # unfinished tells it apart, and the CLI then says how to resume (exit 130).
             if any(recorder.rows[t.trial_id]["status"] == "pending" for t in pending):
                 raise KeyboardInterrupt
         finally:
+            recorder.close_trackers()
             if started_ray:
                 ray.shutdown()
         summary.counts = recorder.counts()
