@@ -48,6 +48,7 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    quiet_token_notice()
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = dict(namespace=STORE_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     if address:
@@ -60,6 +61,20 @@ def connect(address: str | None) -> bool:
     # "local" always starts a new Ray: never attach to some other local cluster by accident.
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
     return True
+
+
+class _TokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_token_notice() -> None:
+    """Leave out Ray's notice that it turned token authentication on (on every run: Ray now
+    does by default, and DESIGN.md requires it), and nothing else: its warning that a
+    cluster runs *without* a token still shows."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in logger.filters):
+        logger.addFilter(_TokenNotice())
 
 
 def check_resources(trials: list[TrialSpec]) -> None:
@@ -112,6 +127,31 @@ def start_store(checkpoint_dir: Path, name: str):
     ).remote(str(checkpoint_dir))
     ray.get(actor.state.remote("warm-up"))  # fail here, not inside a trial, if it cannot start
     return actor
+
+
+def quiet_tune_callbacks() -> list:
+    """Stand-ins for two of Tune's default callbacks: its progress printer (which prints
+    "Trial ... completed. Last result: ..." even at verbose=0, for a resumed trial that had
+    nothing left to train) and its TensorBoard logger (split across resumes; the trackers
+    write the experiment's own, from the record)."""
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.progress_reporter import TrialProgressCallback
+
+    class Silent(TrialProgressCallback):
+        def _print(self, msg: str) -> None:
+            pass
+
+    class NoTensorBoard(TBXLoggerCallback):
+        def log_trial_start(self, trial) -> None:
+            pass
+
+        def log_trial_result(self, iteration, trial, result) -> None:
+            pass
+
+        def log_trial_end(self, trial, failed: bool = False) -> None:
+            pass
+
+    return [Silent(), NoTensorBoard()]
 
 
 def make_callback(recorder: Recorder):
@@ -246,7 +286,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                 run_config=tune.RunConfig(
                     name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(layout.ray),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
-                    callbacks=[make_callback(recorder)], verbose=0),
+                    callbacks=[make_callback(recorder), *quiet_tune_callbacks()], verbose=0),
             )
             # Tune's legacy reporter at verbose=0 prints nothing; the live view shows progress.
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
