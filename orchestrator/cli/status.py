@@ -127,7 +127,7 @@ def trial_progress(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
     the Parquet files by the epoch in flight); None for a trial nothing describes."""
     from norms.modes import options_of
     from orchestrator.execute.store import CheckpointStore
-    from orchestrator.report.progress import TrialProgress
+    from orchestrator.report.progress import TrialProgress, seconds_per_epoch
 
     store = CheckpointStore(layout.store)
     state = store.state(trial_id)
@@ -153,15 +153,19 @@ def trial_progress(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
     if status == "running" and not live:
         status = "pending"   # no run holds the folder: it was cut short, and resumes
     started = row.get("started_at")
+    start_epoch = int(row.get("start_epoch") or 0)
     if started is None or not math.isfinite(started):
         started = (state.get("context") or {}).get("started_at")
+        start_epoch = int(state["start_epoch"])
+    done = max(epochs, default=0)
+    until = time.time() if status == "running" else row.get("updated_at")
     seed = row.get("seed", config.get("seed"))
     return TrialProgress(
         trial_id, norm, {k: row.get(k, config.get(k)) for k in options_of(norm)},
         None if seed is None else int(seed), status,
-        max(epochs, default=0), int(row.get("epochs") or config.get("epochs") or 0),
+        done, int(row.get("epochs") or config.get("epochs") or 0),
         max(int(row.get("attempts") or 0), int(state["attempts"])), started,
-        sum(times) / len(times) if times else None,
+        seconds_per_epoch(times, started, start_epoch, done, until),
         acc if acc is not None and math.isfinite(acc) else None)
 
 

@@ -20,6 +20,7 @@ from orchestrator.report.progress import (
     TrialProgress,
     compact_options,
     format_duration,
+    seconds_per_epoch,
     summarize,
     summary_line,
     trial_eta,
@@ -149,8 +150,9 @@ def fit_rows(trials: list[TrialProgress], rows: int
     return ordered[:rows], ordered[rows:]
 
 
-def progress_of(recorder) -> list[TrialProgress]:
+def progress_of(recorder, now: float | None = None) -> list[TrialProgress]:
     """The plan's trials as the recorder holds them now."""
+    now = time.time() if now is None else now
     times: dict[str, list[float]] = {}
     last: dict[str, tuple[int, float]] = {}
     for (trial_id, epoch), m in list(recorder.metrics.items()):
@@ -166,10 +168,12 @@ def progress_of(recorder) -> list[TrialProgress]:
         row, c = recorder.rows[trial_id], spec.config
         acc = last.get(trial_id, (0, None))[1]
         started = row.get("started_at")
+        started = float(started) if started is not None and math.isfinite(started) else None
+        until = now if row["status"] == "running" else row.get("updated_at")
+        pace = seconds_per_epoch(times.get(trial_id, []), started, int(row["start_epoch"]),
+                                 int(row["epochs_done"]), until)
         out.append(TrialProgress(
             trial_id, c.norm, {k: getattr(c, k) for k in options_of(c.norm)}, c.seed,
             row["status"], int(row["epochs_done"]), int(row["epochs"]), int(row["attempts"]),
-            started if isinstance(started, float) and math.isfinite(started) else None,
-            sum(times[trial_id]) / len(times[trial_id]) if trial_id in times else None,
-            acc if acc is not None and math.isfinite(acc) else None))
+            started, pace, acc if acc is not None and math.isfinite(acc) else None))
     return out

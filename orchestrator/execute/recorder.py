@@ -200,7 +200,10 @@ class Recorder:
         row = self.rows[trial_id]
         first = (row.get("first_git_commit") or row.get("git_commit")
                  or self.provenance["git_commit"])
-        self._set(trial_id, status="running", first_git_commit=first, **self.provenance)
+        # the attempt's start until its worker reports its own (Tune starts it before the
+        # worker has imported anything): `onorm status` shows how long it has been running
+        self._set(trial_id, status="running", first_git_commit=first, started_at=time.time(),
+                  **self.provenance)
         self._track(trial_id)
         self.on_change(self, f"{trial_id} started")
 

@@ -3,9 +3,10 @@ option labels that the live view and `onorm status` both show.
 
 Plain Python: the live view feeds it the recorder's rows, `onorm status` the Parquet files and
 the trial store. The ETA is an estimate from the epochs recorded so far: the remaining
-epochs of every trial still to run, each at its own mean epoch time (or the grid's mean for a
-trial with none yet), shared among the trials running now. Epoch times leave out a trial's
-start-up, so short trials finish somewhat later than it says.
+epochs of every trial still to run, each at its own pace (or the grid's mean pace for a
+trial with none yet), shared among the trials running now. A trial's pace is the wall time
+of its latest attempt per epoch it trained (start-up included, which matters for short
+trials), or its recorded epoch_time_s where the attempt's start is unknown.
 """
 
 from __future__ import annotations
@@ -63,6 +64,17 @@ def summarize(trials: Iterable[TrialProgress], done_statuses: tuple[str, ...], n
     if live:
         summary.eta = grid_eta(trials, len(running))
     return summary
+
+
+def seconds_per_epoch(epoch_times: list[float], started_at: float | None,
+                      start_epoch: int, epochs_done: int, until: float | None) -> float | None:
+    """A trial's pace: its attempt's wall time (from `started_at`, the attempt that began at
+    `start_epoch`, until `until`: now, or when it ended) per epoch it trained; else the mean
+    of its recorded epoch times; None with neither."""
+    trained = epochs_done - start_epoch + 1 if start_epoch >= 1 else 0
+    if _known(started_at) and until is not None and trained >= 1 and until > started_at:
+        return (until - started_at) / trained
+    return sum(epoch_times) / len(epoch_times) if epoch_times else None
 
 
 def grid_eta(trials: list[TrialProgress], running: int) -> float | None:
