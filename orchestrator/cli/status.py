@@ -95,8 +95,10 @@ def experiment_status(layout: ExperimentLayout, now: float) -> ExperimentStatus:
               for trial_id in ids]
     trials = [t for t in trials if t is not None]
     others = len(set(rows) - set(ids))
+    slots = resolved.get("max_concurrent")
     summary = summarize(trials, done_statuses, now,
-                        holder.get("started_at") if holder else None, live=holder is not None)
+                        holder.get("started_at") if holder else None, live=holder is not None,
+                        slots=slots if isinstance(slots, int) else None)
     updated = max((float(r.get("updated_at") or 0) for r in rows.values()), default=None)
     return ExperimentStatus(layout, kind, trials, summary, holder, others, warning, updated)
 

@@ -42,10 +42,11 @@ class LiveView:
         self.console = console
         self.live = None
         self._last: Any = None
-        self.started_at: float | None = None
+        self.started_at: float | None = None   # the run's start (run_trials sets it)
+        self.peak = 0   # the most trials seen running at once
 
     def start(self, recorder) -> None:
-        self.started_at = time.time()
+        self.started_at = self.started_at or time.time()
         if self.tty:
             from rich.console import Console
             from rich.live import Live
@@ -82,9 +83,11 @@ class LiveView:
             print(f"[{self.title}] {message} [{summary_line(summary, recorder.skip_statuses)}]",
                   file=sys.stderr, flush=True)
 
-    def summary(self, recorder):
-        return summarize(progress_of(recorder), recorder.skip_statuses, time.time(),
-                         self.started_at)
+    def summary(self, recorder, trials=None):
+        trials = progress_of(recorder) if trials is None else trials
+        self.peak = max(self.peak, sum(1 for t in trials if t.status == "running"))
+        return summarize(trials, recorder.skip_statuses, time.time(), self.started_at,
+                         slots=self.peak)
 
     def render(self, recorder, width: int | None = None, height: int | None = None) -> Any:
         from rich.console import Group
@@ -98,7 +101,7 @@ class LiveView:
             width, height = width or size.width, height or size.height
         narrow = width < NARROW_COLUMNS
         trials = progress_of(recorder)
-        summary = summarize(trials, recorder.skip_statuses, time.time(), self.started_at)
+        summary = self.summary(recorder, trials)
         head = Text(f"{self.title}: {summary_line(summary, recorder.skip_statuses)}",
                     style="bold")
         head_lines = len(head.wrap(_Console(width), width))   # wraps in a narrow terminal

@@ -230,6 +230,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
     layout = ExperimentLayout.of(Path(results_root).resolve(), experiment)
     with experiment_lock(layout.dir):   # one writer per folder
         live = live or LiveView(experiment)
+        live.started_at = time.time()   # elapsed: since the folder's lock (as onorm status)
         record = provenance()
         say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         recorder = Recorder(layout, trials, record, skip_statuses=skip_statuses,

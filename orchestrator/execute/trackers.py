@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import secrets
 import socket
 import struct
 import time
@@ -373,7 +374,7 @@ class WandB(EpochLog):
         if run is not None:
             return run
         entry = self.ledger.setdefault(spec.trial_id, {"epochs": {}})
-        entry.setdefault("run_id", f"{spec.trial_id}-{int(time.time())}")
+        entry.setdefault("run_id", f"{spec.trial_id}-{secrets.token_hex(4)}")
         self.layout.wandb.mkdir(parents=True, exist_ok=True)
         run = self.wandb.init(
             project=os.environ.get("WANDB_PROJECT") or f"onorm-{self.layout.name}",
@@ -424,6 +425,11 @@ class Trackers:
         self.names = ["tensorboard", *dict.fromkeys(n for n in names if n != "tensorboard")]
         self.say = say
         self.active: list[EpochLog] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks (ours holds the recorder) into its experiment state,
+        # which onorm never restores from: open files and clients stay out of it
+        return {**self.__dict__, "active": None}
 
     def _start(self) -> list[EpochLog]:
         if self.active is None:

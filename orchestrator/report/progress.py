@@ -49,9 +49,12 @@ class Summary:
 
 
 def summarize(trials: Iterable[TrialProgress], done_statuses: tuple[str, ...], now: float,
-              started_at: float | None, live: bool = True) -> Summary:
+              started_at: float | None, live: bool = True, slots: int | None = None
+              ) -> Summary:
     """Counts by status, the running trials, elapsed since `started_at` and the ETA (only
-    while `live`: a grid nobody runs has none)."""
+    while `live`: a grid nobody runs has none). `slots`: how many trials run at once when
+    enough are left (the most seen running, or max_concurrent), so that the ETA does not jump
+    in the moment between one trial's end and the next one's start."""
     trials = list(trials)
     counts: dict[str, int] = {}
     for t in trials:
@@ -62,7 +65,8 @@ def summarize(trials: Iterable[TrialProgress], done_statuses: tuple[str, ...], n
     if started_at is not None and live:
         summary.elapsed = max(0.0, now - started_at)
     if live:
-        summary.eta = grid_eta(trials, len(running))
+        todo = sum(1 for t in trials if t.status in TO_RUN_STATUSES)
+        summary.eta = grid_eta(trials, max(len(running), min(slots or 0, todo)))
     return summary
 
 

@@ -209,3 +209,14 @@ def test_wandb_offline_gets_every_epoch_once_across_runs_of_one_id(tmp_path, mon
     # a's retry re-reported epoch 3 with other timings: a new run of a, from the record
     a_runs = [r for r in fake.runs if r.kw["name"] == a.trial_id]
     assert a_runs[-1].logged[2]["epoch_time_s"] == 3.5 and len({r.kw["id"] for r in a_runs}) == 2
+
+
+def test_trackers_with_open_logs_can_be_pickled_as_tune_pickles_its_callbacks(tmp_path):
+    from ray import cloudpickle
+
+    trial = tiny_trial(tmp_path / "data", "batch", epochs=3)
+    layout = ExperimentLayout.of(tmp_path, "exp")
+    rec, _ = run_epochs(layout, [trial], [], {trial.trial_id: [(1, timed(1))]})
+    assert rec.trackers.active[0].writers   # an event file is open
+    cloudpickle.dumps(rec)
+    rec.close_trackers()
