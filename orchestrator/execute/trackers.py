@@ -340,11 +340,17 @@ class MLflow(EpochLog):
 # ---------------------------------------------------------------- W&B
 class WandB(EpochLog):
     """One W&B run per trial in offline mode (unless WANDB_MODE says otherwise), named by
-    its trial id, with its config; `wandb sync <experiment>/wandb/wandb/offline-run-*` uploads.
+    its trial id, with its config; `wandb sync <experiment>/wandb/wandb/offline-run-*`
+    uploads them.
 
-    An offline run cannot be read back, so `wandb/onorm-ledger.json` says which run of each
-    trial holds which epochs (updated after each epoch is handed to W&B and flushed). A
-    resumed trial continues in a new offline run of the same run id, from the next epoch."""
+    W&B writes its offline file in a background process, and an offline run cannot be read
+    back: what a driver killed with a trial's run open had logged may be lost. So
+    `wandb/onorm-ledger.json` keeps, per trial, its run's id and folder, the epochs handed
+    to it and whether it was finished (W&B's files complete). A later driver trusts a
+    finished or uploaded run; a trial whose run was left unfinished, or was finished before
+    the trial had more epochs and never uploaded, is logged again whole from the record into
+    a new run, and the old run's folder is removed. An uploaded run (`wandb sync` left its
+    `.wandb.synced` marker) is never removed: it is continued under its id."""
 
     name = "wandb"
 
@@ -360,21 +366,44 @@ class WandB(EpochLog):
         except (OSError, ValueError):
             self.ledger = {}
 
+    def sync(self, spec: TrialSpec, epochs: Epochs, status: str) -> None:
+        entry = self.ledger.get(spec.trial_id)
+        if (entry and spec.trial_id not in self.open and entry.get("finished")
+                and not _synced(entry) and any(str(e) not in entry["epochs"] for e in epochs)):
+            self._discard(spec.trial_id)   # more epochs: log the trial whole, in one run
+            self.held[spec.trial_id] = {}
+        super().sync(spec, epochs, status)
+
     def load(self, spec: TrialSpec) -> Epochs:
-        entry = self.ledger.get(spec.trial_id) or {}
-        return {int(e): v for e, v in (entry.get("epochs") or {}).items()}
+        entry = self.ledger.get(spec.trial_id)
+        if not entry:
+            return {}
+        if entry.get("finished") or _synced(entry):
+            return {int(e): v for e, v in entry["epochs"].items()}
+        self._discard(spec.trial_id)   # left open by a driver that died: maybe incomplete
+        return {}
+
+    def _discard(self, trial_id: str) -> None:
+        entry = self.ledger.pop(trial_id, None) or {}
+        folder = Path(entry.get("dir") or "")
+        if entry.get("dir") and folder.is_dir() and not _synced(entry):
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+        self._write_ledger()
 
     def _write_ledger(self) -> None:
         from trainers.atomic import write_text_atomically
 
+        self.layout.wandb.mkdir(parents=True, exist_ok=True)
         write_text_atomically(self.ledger_path, json.dumps(self.ledger, allow_nan=True))
 
     def _run(self, spec: TrialSpec):
         run = self.open.get(spec.trial_id)
         if run is not None:
             return run
-        entry = self.ledger.setdefault(spec.trial_id, {"epochs": {}})
-        entry.setdefault("run_id", f"{spec.trial_id}-{secrets.token_hex(4)}")
+        entry = self.ledger.get(spec.trial_id) or {
+            "run_id": f"{spec.trial_id}-{secrets.token_hex(4)}", "epochs": {}}
         self.layout.wandb.mkdir(parents=True, exist_ok=True)
         run = self.wandb.init(
             project=os.environ.get("WANDB_PROJECT") or f"onorm-{self.layout.name}",
@@ -383,6 +412,9 @@ class WandB(EpochLog):
             mode=os.environ.get("WANDB_MODE") or "offline", reinit="create_new",
             settings=self.wandb.Settings(silent=True, console="off"))
         run.define_metric("*", step_metric="epoch")
+        sync_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
+        entry.update(dir=str(sync_dir) if sync_dir else entry.get("dir", ""), finished=False)
+        self.ledger[spec.trial_id] = entry
         self.open[spec.trial_id] = run
         return run
 
@@ -398,17 +430,25 @@ class WandB(EpochLog):
         run = self.open.pop(spec.trial_id, None)
         if run is not None:
             run.finish(exit_code=1)
-        self.ledger[spec.trial_id] = {"epochs": {}}   # a new run id at the next append
-        self._write_ledger()
+        self._discard(spec.trial_id)
 
     def set_status(self, spec: TrialSpec, status: str) -> None:
-        if status not in ("running",) and spec.trial_id in self.open:
-            self.open.pop(spec.trial_id).finish(exit_code=0 if status != "failed" else 1)
+        if status != "running" and spec.trial_id in self.open:
+            self._finish(spec.trial_id, 1 if status == "failed" else 0)
+
+    def _finish(self, trial_id: str, exit_code: int = 0) -> None:
+        self.open.pop(trial_id).finish(exit_code=exit_code)   # returns once W&B's files are
+        self.ledger[trial_id]["finished"] = True               # complete
+        self._write_ledger()
 
     def close(self) -> None:
-        for run in self.open.values():
-            run.finish()
-        self.open.clear()
+        for trial_id in list(self.open):
+            self._finish(trial_id)
+
+
+def _synced(entry: dict[str, Any]) -> bool:
+    folder = Path(entry.get("dir") or "")
+    return bool(entry.get("dir")) and folder.is_dir() and any(folder.glob("*.wandb.synced"))
 
 
 KINDS: dict[str, Callable[[ExperimentLayout], EpochLog]] = {

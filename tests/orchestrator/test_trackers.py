@@ -5,6 +5,7 @@ through a killed driver, a retry that re-reports an epoch, and rows repaired fro
 from __future__ import annotations
 
 import struct
+import types
 
 import pandas as pd
 import pytest
@@ -164,14 +165,15 @@ def test_a_missing_tracker_package_is_one_line_before_anything_runs(tmp_path, mo
 
 
 class FakeWandb:
-    """wandb's calls the W&B tracker makes, kept in memory (the package is optional)."""
+    """wandb's calls the W&B tracker makes, kept in memory (the package is optional); each
+    run has an offline folder, as W&B's do."""
 
     class Settings(dict):
         def __init__(self, **kw):
             super().__init__(kw)
 
-    def __init__(self):
-        self.runs = []
+    def __init__(self, root):
+        self.runs, self.root = [], root
 
     def init(self, **kw):
         fake = self
@@ -179,6 +181,9 @@ class FakeWandb:
         class Run:
             def __init__(self):
                 self.kw, self.logged, self.finished = kw, [], None
+                self.settings = types.SimpleNamespace(
+                    sync_dir=fake.root / f"offline-run-{len(fake.runs)}-{kw['id']}")
+                self.settings.sync_dir.mkdir(parents=True)
                 fake.runs.append(self)
 
             def define_metric(self, *a, **k):
@@ -193,22 +198,24 @@ class FakeWandb:
         return Run()
 
 
-def test_wandb_offline_gets_every_epoch_once_across_runs_of_one_id(tmp_path, monkeypatch):
-    fake = FakeWandb()
+def test_wandb_offline_holds_each_epoch_once_in_one_run_per_trial(tmp_path, monkeypatch):
+    fake = FakeWandb(tmp_path / "exp" / "wandb" / "wandb")
     monkeypatch.setitem(__import__("sys").modules, "wandb", fake)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     layout, a, b = kill_resume_retry(tmp_path, ["wandb"])
+    # what is left on disk: one run folder per trial, holding every epoch once
+    left = {r.settings.sync_dir.name: r for r in fake.runs if r.settings.sync_dir.exists()}
+    assert sorted(r.kw["name"] for r in left.values()) == sorted([a.trial_id, b.trial_id])
     for trial, epochs in ((a, 4), (b, 2)):
-        runs = [r for r in fake.runs if r.kw["name"] == trial.trial_id]
-        assert {r.kw["mode"] for r in runs} == {"offline"}
-        assert runs[0].kw["config"]["norm"] == trial.config.norm
-        # the run that holds the trial now: every epoch once, last report wins
-        current = [r for r in runs if r.kw["id"] == runs[-1].kw["id"]]
-        steps = [row["epoch"] for r in current for row in r.logged]
-        assert steps == list(range(1, epochs + 1)), trial.trial_id
-    # a's retry re-reported epoch 3 with other timings: a new run of a, from the record
-    a_runs = [r for r in fake.runs if r.kw["name"] == a.trial_id]
-    assert a_runs[-1].logged[2]["epoch_time_s"] == 3.5 and len({r.kw["id"] for r in a_runs}) == 2
+        run = next(r for r in left.values() if r.kw["name"] == trial.trial_id)
+        assert run.kw["mode"] == "offline" and run.kw["config"]["norm"] == trial.config.norm
+        assert [row["epoch"] for row in run.logged] == list(range(1, epochs + 1))
+        assert run.finished == 0
+    # b finished in the first driver and was kept; a's run, left open by the killed driver,
+    # was logged again whole (with the retry's epoch 3) and the open one removed
+    assert [r.kw["name"] for r in fake.runs].count(b.trial_id) == 1
+    a_run = next(r for r in left.values() if r.kw["name"] == a.trial_id)
+    assert a_run.logged[2]["epoch_time_s"] == 3.5
 
 
 def test_trackers_with_open_logs_can_be_pickled_as_tune_pickles_its_callbacks(tmp_path):
