@@ -13,12 +13,13 @@ step), whatever retries and resumes re-reported:
   of truth, and tracker logs are derived from it like the Parquet files. TensorBoard's
   event files of the trial are deleted and rewritten; the MLflow run is deleted (MLflow
   keeps a deleted run, restorable, until `mlflow gc`) and a new one logged; W&B gets a new
-  offline run (the old one stays on disk, unsynced runs can be removed by hand).
+  offline run.
 
 What a tracker already holds is read back from it when a driver first touches the trial
-(TensorBoard's event files, MLflow's metric history; W&B offline runs cannot be read back, so
-the W&B tracker keeps a ledger of what it logged). A tracker that fails says so in one line
-and is left alone for the rest of the run; the next run catches up from the record.
+(TensorBoard's event files, MLflow's metric history; W&B's offline runs cannot be read back,
+so the W&B tracker keeps a ledger, and logs a trial whose run a killed driver left open
+again whole: see WandB). A tracker that fails says so in one line and is left alone for the
+rest of the run; the next run catches up from the record.
 """
 
 from __future__ import annotations
