@@ -76,8 +76,27 @@ class ExperimentLayout:
 
     @property
     def lock(self) -> Path:
-        """Held by the one process writing this folder."""
+        """Held by the one process writing this folder; it names that process (pid, host,
+        start time) while it runs, which `onorm status` reads."""
         return self.dir / ".lock"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files, one run folder per trial (`tensorboard --logdir` this)."""
+        return self.dir / "tensorboard"
+
+    def tensorboard_run(self, run_name: str) -> Path:
+        return self.tensorboard / run_name
+
+    @property
+    def mlflow(self) -> Path:
+        """MLflow's file store for `--log mlflow` (unless MLFLOW_TRACKING_URI names another)."""
+        return self.dir / "mlruns"
+
+    @property
+    def wandb(self) -> Path:
+        """W&B's offline runs for `--log wandb` (`wandb sync` uploads them)."""
+        return self.dir / "wandb"
 
     def table(self, metric: str, suffix: str) -> Path:
         return self.tables / f"{metric}{suffix}"

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "orchestrator.cli.run",
     "orchestrator.cli.tune",
     "orchestrator.cli.report",
+    "orchestrator.cli.status",
 )
 
 

@@ -31,6 +31,33 @@ def add_launch_arguments(p: argparse.ArgumentParser, what: str) -> None:
                         "resources allow)")
     p.add_argument("--cpu-only", action="store_true",
                    help="ask for no GPU per trial (at least 1 CPU), for clusters without GPUs")
+    p.add_argument("--log", metavar="TRACKER", action="extend", type=tracker_names, default=[],
+                   help="also log every trial to mlflow (RESULTS/EXPERIMENT/mlruns, or "
+                        "MLFLOW_TRACKING_URI) and/or wandb (offline, in RESULTS/EXPERIMENT/"
+                        "wandb); repeat or separate by commas. TensorBoard event files are "
+                        "always written to RESULTS/EXPERIMENT/tensorboard")
+
+
+def tracker_names(text: str) -> list[str]:
+    """`--log mlflow,wandb`: the optional trackers named (tensorboard is always on)."""
+    from orchestrator.execute.trackers import OPTIONAL
+
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in OPTIONAL and name != "tensorboard":
+            raise argparse.ArgumentTypeError(
+                f"unknown tracker {name!r}: choose from {', '.join(OPTIONAL)} "
+                "(tensorboard is always written)")
+    return names
+
+
+def check_trackers(args: argparse.Namespace) -> list[str]:
+    """The --log trackers, each one's package checked before anything starts."""
+    from orchestrator.execute.trackers import check_available
+
+    names = [n for n in dict.fromkeys(args.log) if n != "tensorboard"]
+    check_available(names)
+    return names
 
 
 def load_launch(args: argparse.Namespace, kind: str):

@@ -12,6 +12,7 @@ from orchestrator.cli.launch import (
     add_launch_arguments,
     check_data,
     check_devices,
+    check_trackers,
     failed_hint,
     load_launch,
     prepare_data,
@@ -43,6 +44,7 @@ def run_command(args: argparse.Namespace) -> int:
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
+    log = check_trackers(args)
     check_devices(experiment, trials, args.address)
     prepare_data(experiment, trials, problem)
     from orchestrator.execute.runner import run_trials
@@ -50,7 +52,7 @@ def run_command(args: argparse.Namespace) -> int:
     summary = run_trials(
         experiment.name, trials, results_root, address=args.address,
         max_concurrent=args.max_concurrent or experiment.max_concurrent,
-        max_failures=experiment.max_failures,
+        max_failures=experiment.max_failures, log=log,
         on_start=lambda: write_resolved(experiment, trials, results_root, config))
     write_report(summary.layout)
     return print_summary(experiment, trials, summary)

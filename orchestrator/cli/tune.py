@@ -15,6 +15,7 @@ from orchestrator.cli.launch import (
     add_launch_arguments,
     check_data,
     check_devices,
+    check_trackers,
     failed_hint,
     load_launch,
     prepare_data,
@@ -50,11 +51,12 @@ def tune_command(args: argparse.Namespace) -> int:
         from orchestrator.execute.search import import_optuna
 
         import_optuna()   # a missing optional package is reported before anything starts
+    log = check_trackers(args)
     check_devices(experiment, trials, args.address)
     prepare_data(experiment, trials, problem)
     planned = trials if points is not None else []
     options = dict(address=args.address, data_dir=data_dir, cpu_only=args.cpu_only,
-                   max_concurrent=args.max_concurrent or experiment.max_concurrent,
+                   max_concurrent=args.max_concurrent or experiment.max_concurrent, log=log,
                    on_start=lambda: write_resolved(experiment, planned, results_root, config))
     from orchestrator.execute.search import run_optuna, run_points, search_setting
 

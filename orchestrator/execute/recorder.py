@@ -44,12 +44,14 @@ class Recorder:
     `trials` are the run's plan; trials of the same folder outside it (an earlier plan, other
     batches of a search) keep their rows, rebuilt from the store's trial.json when needed.
     `say` prints the lines about repairs and damaged checkpoints (stderr by default).
+    `trackers` (execute/trackers.py) get every change of a trial's epochs and status once
+    `sync_trackers()` was called (when the run goes ahead): they log the record as it is.
     """
 
     def __init__(self, layout: ExperimentLayout, trials: list[TrialSpec],
                  provenance: dict[str, str], skip_statuses: tuple[str, ...] = DONE_STATUSES,
                  on_change: Callable[["Recorder", str], None] | None = None,
-                 say: Callable[[str], None] | None = None):
+                 say: Callable[[str], None] | None = None, trackers: Any = None):
         self.experiment = layout.name
         self.layout = layout
         self.store = CheckpointStore(layout.store)
@@ -61,6 +63,8 @@ class Recorder:
         self.metrics: dict[tuple[str, int], dict[str, Any]] = {}
         self.rows: dict[str, dict[str, Any]] = {}
         self._warned: set[tuple[str, int]] = set()
+        self.trackers = trackers
+        self._tracking = False
         damaged = {}
         for path, required in ((layout.metrics, ("trial_id", "epoch")),
                                (layout.trials, ("trial_id",))):
@@ -165,6 +169,30 @@ class Recorder:
             out[status] = out.get(status, 0) + 1
         return out
 
+    def sync_trackers(self, trial_ids=None) -> None:
+        """Bring the trackers in line with the record (every known trial at the run's start,
+        then the trials whose record changed); from here on they follow every change."""
+        if self.trackers is None:
+            return
+        self._tracking = True
+        ids = list(self.rows) if trial_ids is None else list(trial_ids)
+        by_trial: dict[str, dict[int, dict[str, Any]]] = {t: {} for t in ids}
+        for (trial_id, epoch), row in self.metrics.items():
+            if trial_id in by_trial:
+                by_trial[trial_id][epoch] = row
+        for trial_id in ids:
+            spec = self.known.get(trial_id)
+            if spec is not None and (by_trial[trial_id] or trial_id in self.specs):
+                self.trackers.sync(spec, by_trial[trial_id], self.rows[trial_id]["status"])
+
+    def _track(self, trial_id: str) -> None:
+        if self._tracking:
+            self.sync_trackers([trial_id])
+
+    def close_trackers(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+
     # ------------------------------------------------------------ events
     def started(self, trial_id: str) -> None:
         """An attempt of this run begins: the row now describes this code and packages (the
@@ -172,7 +200,11 @@ class Recorder:
         row = self.rows[trial_id]
         first = (row.get("first_git_commit") or row.get("git_commit")
                  or self.provenance["git_commit"])
-        self._set(trial_id, status="running", first_git_commit=first, **self.provenance)
+        # the attempt's start until its worker reports its own (Tune starts it before the
+        # worker has imported anything): `onorm status` shows how long it has been running
+        self._set(trial_id, status="running", first_git_commit=first, started_at=time.time(),
+                  **self.provenance)
+        self._track(trial_id)
         self.on_change(self, f"{trial_id} started")
 
     def result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -188,6 +220,7 @@ class Recorder:
         self._set(trial_id, write=False, status="running", **changes)
         self._update_progress(trial_id)
         self.write(metrics=True)
+        self._track(trial_id)
         row = self.rows[trial_id]
         self.on_change(self, f"{trial_id} epoch {epoch}/{row['epochs']} "
                              f"val_acc1 {float(result['val_acc1']):.2f}")
@@ -210,6 +243,7 @@ class Recorder:
                   error=state["error"] if status == "failed" else "", attempts=attempts,
                   start_epoch=max(int(state["start_epoch"]), 0))
         self.write(metrics=True)
+        self._track(trial_id)
         self.on_change(self, f"{trial_id} {self.rows[trial_id]['status']}")
 
     def _outcome_of_stopped(self, trial_id: str) -> str:
@@ -232,6 +266,7 @@ class Recorder:
                        self.store.state(trial_id)["attempts"])
         self._set(trial_id, status="failed" if final else "running", error=error,
                   attempts=attempts)
+        self._track(trial_id)
         self.on_change(self, f"{trial_id} {'failed' if final else 'retrying'}: {error}")
 
     def _warn(self, trial_id: str, attempt: int, text: str) -> None:
@@ -242,10 +277,14 @@ class Recorder:
 
     def interrupted(self) -> None:
         """After Tune returned: trials still marked running were cut short (they resume)."""
-        for trial_id in self.specs:
-            if self.rows[trial_id]["status"] == "running":
-                self.rows[trial_id]["status"] = "pending"
+        reset = [t for t in self.specs if self.rows[t]["status"] == "running"]
+        for trial_id in reset:
+            self.rows[trial_id]["status"] = "pending"
         self.write(metrics=False)
+        for trial_id in reset:
+            self._track(trial_id)
+        if reset:
+            self.on_change(self, f"interrupted: {len(reset)} running trial(s) back to pending")
 
     # ------------------------------------------------------------ rows and files
     def _metric_row(self, spec: TrialSpec, metrics: dict[str, Any]) -> dict[str, Any]:

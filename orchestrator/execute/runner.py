@@ -23,6 +23,7 @@ from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.provenance import provenance
 from orchestrator.execute.recorder import Recorder
+from orchestrator.execute.trackers import Trackers
 from orchestrator.execute.trainable import STORE_NAMESPACE
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
@@ -47,6 +48,7 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    quiet_token_notice()
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = dict(namespace=STORE_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     if address:
@@ -59,6 +61,20 @@ def connect(address: str | None) -> bool:
     # "local" always starts a new Ray: never attach to some other local cluster by accident.
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
     return True
+
+
+class _TokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+def quiet_token_notice() -> None:
+    """Leave out Ray's notice that it turned token authentication on (on every run: Ray now
+    does by default, and DESIGN.md requires it), and nothing else: its warning that a
+    cluster runs *without* a token still shows."""
+    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in logger.filters):
+        logger.addFilter(_TokenNotice())
 
 
 def check_resources(trials: list[TrialSpec]) -> None:
@@ -111,6 +127,31 @@ def start_store(checkpoint_dir: Path, name: str):
     ).remote(str(checkpoint_dir))
     ray.get(actor.state.remote("warm-up"))  # fail here, not inside a trial, if it cannot start
     return actor
+
+
+def quiet_tune_callbacks() -> list:
+    """Stand-ins for two of Tune's default callbacks: its progress printer (which prints
+    "Trial ... completed. Last result: ..." even at verbose=0, for a resumed trial that had
+    nothing left to train) and its TensorBoard logger (split across resumes; the trackers
+    write the experiment's own, from the record)."""
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.progress_reporter import TrialProgressCallback
+
+    class Silent(TrialProgressCallback):
+        def _print(self, msg: str) -> None:
+            pass
+
+    class NoTensorBoard(TBXLoggerCallback):
+        def log_trial_start(self, trial) -> None:
+            pass
+
+        def log_trial_result(self, iteration, trial, result) -> None:
+            pass
+
+        def log_trial_end(self, trial, failed: bool = False) -> None:
+            pass
+
+    return [Silent(), NoTensorBoard()]
 
 
 def make_callback(recorder: Recorder):
@@ -171,7 +212,8 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                mode: str = "max", max_failures: int = 2,
                skip_statuses: tuple[str, ...] = DONE_STATUSES,
                hooks: dict[str, Any] | None = None, live: LiveView | None = None,
-               on_start: Callable[[], None] | None = None) -> RunSummary:
+               on_start: Callable[[], None] | None = None,
+               log: tuple[str, ...] | list[str] = ()) -> RunSummary:
     """Run the trials that are not done yet; return the count of trials by final status.
 
     `scheduler`/`search_alg` are handed to Tune (e.g. ASHA for tuning; `metric`/`mode` then
@@ -180,15 +222,19 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
     search_alg must accept grid_search (BasicVariantGenerator, or one wrapped in a
     ConcurrencyLimiter). A trial a scheduler ends early is recorded as 'stopped'. `on_start`
     runs once the run is sure to go ahead (after the cluster check), e.g. to write the
-    resolved experiment.yaml: a refused run writes nothing. `hooks` are test-only (e.g.
-    {"exit_after_epoch": 2, "trials": [id]} kills the worker once on the first attempt).
+    resolved experiment.yaml: a refused run writes nothing. `log` names the optional
+    trackers (mlflow, wandb) besides TensorBoard (execute/trackers.py). `hooks` are
+    test-only (e.g. {"exit_after_epoch": 2, "trials": [id]} kills the worker once on the
+    first attempt).
     """
     layout = ExperimentLayout.of(Path(results_root).resolve(), experiment)
     with experiment_lock(layout.dir):   # one writer per folder
         live = live or LiveView(experiment)
+        live.started_at = time.time()   # elapsed: since the folder's lock (as onorm status)
         record = provenance()
+        say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
         recorder = Recorder(layout, trials, record, skip_statuses=skip_statuses,
-                            on_change=live)
+                            on_change=live, say=say, trackers=Trackers(layout, log, say=say))
         summary = RunSummary(experiment, {}, layout,
                              skipped=[t.trial_id for t in recorder.skipped()])
         for spec in recorder.skipped():
@@ -198,6 +244,10 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
         if not pending:
             if on_start is not None:
                 on_start()
+            try:
+                recorder.sync_trackers()   # logs of a folder recorded before they existed
+            finally:
+                recorder.close_trackers()
             summary.counts = recorder.counts()
             return summary
 
@@ -210,6 +260,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
             if on_start is not None:
                 on_start()
             recorder.write(metrics=True)
+            recorder.sync_trackers()
             store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
             store = start_store(layout.store, store_name)
 
@@ -236,7 +287,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                 run_config=tune.RunConfig(
                     name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(layout.ray),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
-                    callbacks=[make_callback(recorder)], verbose=0),
+                    callbacks=[make_callback(recorder), *quiet_tune_callbacks()], verbose=0),
             )
             # Tune's legacy reporter at verbose=0 prints nothing; the live view shows progress.
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -247,14 +298,19 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
             try:
                 tuner.fit()
             finally:
-                live.stop()
-                ray.kill(store)
-                recorder.interrupted()  # Ctrl-C or an early exit: running trials go back to pending
+                try:
+                    # Ctrl-C or an early exit: running trials go back to pending (and the
+                    # view's last picture says so)
+                    recorder.interrupted()
+                finally:
+                    live.stop(recorder)
+                    ray.kill(store)
             # Tune catches the first Ctrl-C itself and returns from fit() as if done; a trial left
             # unfinished tells it apart, and the CLI then says how to resume (exit 130).
             if any(recorder.rows[t.trial_id]["status"] == "pending" for t in pending):
                 raise KeyboardInterrupt
         finally:
+            recorder.close_trackers()
             if started_ray:
                 ray.shutdown()
         summary.counts = recorder.counts()

@@ -57,7 +57,7 @@ def run_points(experiment, points, results_root: Path, options: dict[str, Any]) 
                       max_concurrent=options.get("max_concurrent"),
                       scheduler=make_scheduler(experiment), metric="val_acc1", mode="max",
                       max_failures=experiment.max_failures, skip_statuses=SEARCH_DONE_STATUSES,
-                      on_start=options.get("on_start"))
+                      on_start=options.get("on_start"), log=options.get("log", ()))
 
 
 def import_optuna():

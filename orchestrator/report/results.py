@@ -49,6 +49,11 @@ def rebuild_command(layout: ExperimentLayout) -> str:
     return shlex.join(command + ["--results", str(layout.dir.absolute().parent)])
 
 
+def read_resolved(layout: ExperimentLayout) -> dict[str, Any]:
+    """The folder's experiment.yaml (kind, experiments file, the planned trials), or {}."""
+    return _resolved(layout)
+
+
 def _resolved(layout: ExperimentLayout) -> dict[str, Any]:
     import yaml
 

@@ -1,13 +1,21 @@
-"""SIGKILL the `onorm run` driver mid-grid; the same command then finishes only what is missing."""
+"""SIGKILL the `onorm run` driver mid-grid; the same command then finishes only what is missing.
+
+Beside it: `onorm status` reads the running grid from another process, each trial's
+TensorBoard scalars end with exactly one value per epoch, and neither driver's output holds
+Ray's token notice or Tune's leaked result lines."""
 
 from __future__ import annotations
 
+import re
+import struct
 import time
 
 import pandas as pd
 from orch_helpers import driver, kill_tree, read_trials, tiny_yaml
 
+from orchestrator.cli import main
 from orchestrator.execute.store import read_state
+from orchestrator.execute.trackers import TRACKED, read_scalars, run_name
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
 
@@ -26,7 +34,7 @@ kill:
 """
 
 
-def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_path):
+def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_path, capsys):
     config = tiny_yaml(tmp_path / "e.yaml", GRID)
     short, long, third = expand(load_experiments(config)["kill"])
     results = tmp_path / "results"
@@ -44,6 +52,9 @@ def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_pat
                     and 1 <= rows.loc[long.trial_id, "epochs_done"] <= 10):
                 break
             time.sleep(0.1)
+        # what `onorm status` says of it from here, while it runs
+        assert main(["status", "kill", "--results", str(results)]) == 0
+        status = capsys.readouterr().out
     finally:
         kill_tree(first)
     before = pd.read_parquet(metrics_path)
@@ -60,6 +71,17 @@ def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_pat
         if second.poll() is None:
             kill_tree(second)
     log = (tmp_path / "second.log").read_text()
+    first_log = (tmp_path / "first.log").read_text()
+    for out in (first_log, log):
+        assert "Token authentication" not in out and "Last result" not in out, out[-3000:]
+
+    head = status.splitlines()
+    assert re.fullmatch(r"kill \(grid\): [12]/3 done, [12] running(, 1 pending)?; elapsed \S+, "
+                        r"ETA \S+", head[0]), status
+    assert head[1].startswith(f"  running: pid {first.pid}, started "), status
+    row = next(ln for ln in head if ln.startswith(f"  {long.trial_id}")).split()
+    assert row[1:5] == ["group", "groups=8", "0", "running"] and \
+        1 <= int(row[5].split("/")[0]) <= 11 and row[5].endswith("/12"), status
 
     rows = pd.read_parquet(trials_path).set_index("trial_id")
     assert set(rows.status) == {"completed"} and len(rows) == 3
@@ -81,3 +103,12 @@ def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_pat
     expected = sorted([(short.trial_id, e) for e in (1, 2)] + [(third.trial_id, e) for e in (1, 2)]
                       + [(long.trial_id, e) for e in range(1, 13)])
     assert sorted(zip(after.trial_id, after.epoch.astype(int))) == expected
+    # TensorBoard: one event per epoch of each trial, continuous across the kill, holding
+    # the recorded values (float32)
+    for trial in (short, long, third):
+        events = read_scalars(results / "kill" / "tensorboard" / run_name(trial))
+        rows = after[after.trial_id == trial.trial_id].set_index("epoch")
+        assert [step for step, _ in events] == list(rows.index), trial.trial_id
+        for step, values in events:
+            assert values == {k: struct.unpack("<f", struct.pack("<f", rows.loc[step, k]))[0]
+                              for k in TRACKED}
