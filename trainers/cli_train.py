@@ -37,6 +37,19 @@ def _fraction(text: str) -> float:
                                          f"got {text!r}") from None
 
 
+def _norm_name(text: str) -> str:
+    """A built-in normalizer or an installed plugin (norms/plugins.py), checked as parsed."""
+    from norms.modes import NORM_MODES
+    from norms.plugins import PluginError, plugin_path
+
+    if text not in NORM_MODES:
+        try:
+            plugin_path(text)
+        except PluginError as err:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} ({err})") from None
+    return text
+
+
 def _one_line_error(prog: str):
     """argparse's error, but one line with the fix instead of the usage block."""
     def error(message: str) -> None:
@@ -66,10 +79,12 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     from trainers.config import config_specs
 
     for name, spec in config_specs().items():
-        if name in POSITIONAL:
+        if name in POSITIONAL or spec.derived:
             continue
         kw: dict[str, Any] = dict(dest=name, default=None, help=spec.meta.get("help") or None)
-        if spec.kind == "bool":
+        if name == "norm":   # a built-in, or a plugin's name or path
+            kw.update(type=_norm_name, metavar="NORM")
+        elif spec.kind == "bool":
             kw.update(action="store_true")
         elif spec.kind == "choice":
             kw.update(choices=spec.choices)
@@ -133,7 +148,8 @@ def config_from_args(args: argparse.Namespace):
     """The TrialConfig the flags describe: per-dataset defaults, then the given flags."""
     from trainers.config import config_specs, make_config
 
-    given = {k: getattr(args, k) for k in config_specs() if k not in POSITIONAL}
+    given = {k: getattr(args, k) for k, spec in config_specs().items()
+             if k not in POSITIONAL and not spec.derived}
     # None: not given; False: a switch left off (`is`, since 0 == False for --workers 0)
     overrides = {k: v for k, v in given.items() if v is not None and v is not False}
     return make_config(args.dataset, args.data_dir, **overrides)

@@ -81,6 +81,30 @@ def check_devices(experiment, trials, address: str | None) -> None:
                             "run on a cluster whose nodes have it")
 
 
+def check_plugins(experiment, trials) -> None:
+    """Import each plugin normalizer here and build one of its layers, so that a plugin that
+    cannot load fails now, in one line, instead of in every trial after Ray started."""
+    first = {}
+    for t in trials:
+        if t.config.norm_path:
+            first.setdefault(t.config.norm_path, t.config)
+    if not first:
+        return
+    from norms.plugins import PluginError
+    from norms.registry import norm_factory
+    from orchestrator.plan.experiments import setting_key_path
+    from orchestrator.plan.fields import where
+    from trainers.config import NORM_CHANNELS
+
+    for path, config in first.items():
+        network = config.arch if config.dataset == "imagenet" else "resnet"
+        try:
+            norm_factory(path)(min(NORM_CHANNELS[network]))
+        except PluginError as err:
+            key = setting_key_path(experiment, "norm", config.norm)
+            raise UserError(f"{where(experiment.name, key)}: {err}") from None
+
+
 def check_data(experiment, trials) -> str | None:
     """A problem with the dataset folder, or None (synthetic data is written when missing)."""
     if experiment.synthetic:

@@ -12,6 +12,7 @@ from orchestrator.cli.launch import (
     add_launch_arguments,
     check_data,
     check_devices,
+    check_plugins,
     failed_hint,
     load_launch,
     prepare_data,
@@ -44,6 +45,7 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
     check_devices(experiment, trials, args.address)
+    check_plugins(experiment, trials)
     prepare_data(experiment, trials, problem)
     from orchestrator.execute.runner import run_trials
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from norms.modes import ALL_KIND_OPTIONS, KIND_OPTIONS, NORM_MODES, options_of
+from norms.plugins import ENTRY_POINT_GROUP, PluginError, plugin_path
 from orchestrator.plan.fields import (
     MAX_TRIALS,
     as_int,
@@ -123,9 +124,7 @@ def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
         label = f"cells[{i}]"
         cell_raw = as_mapping(name, label, cell_raw)
         norm = cell_raw.get("norm")
-        if norm not in NORM_MODES:
-            raise UserError(f"{where(name, label + '.norm')}: unknown normalizer {norm!r}; "
-                            f"choose one of {', '.join(NORM_MODES)}")
+        check_norm_name(name, label + ".norm", norm)
         options = parse_settings(name, label, {k: v for k, v in cell_raw.items() if k != "norm"},
                                  CELL_EXTRA_KEYS)
         check_cell_options(name, label, norm, options)
@@ -143,6 +142,21 @@ def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
     if total > MAX_TRIALS:
         raise UserError(too_many_trials(name, "cells", total))
     return Experiment(name=name, kind="grid", cells=tuple(cells), **common)
+
+
+def check_norm_name(exp: str, key: str, norm: Any) -> None:
+    """A built-in normalizer, or a plugin's name or module:Class path that resolves to an
+    installed module (nothing is imported here)."""
+    if isinstance(norm, str) and norm in NORM_MODES:
+        return
+    if not isinstance(norm, str) or not norm:
+        raise UserError(f"{where(exp, key)}: unknown normalizer {norm!r}; choose one of "
+                        f"{', '.join(NORM_MODES)}, or a plugin (an {ENTRY_POINT_GROUP} entry "
+                        "point's name, or module:Class)")
+    try:
+        plugin_path(norm)
+    except PluginError as err:
+        raise UserError(f"{where(exp, key)}: {err}") from None
 
 
 def cell_key_path(label: str, options: dict[str, Any], settings: dict[str, Any]
