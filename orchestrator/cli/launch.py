@@ -31,6 +31,14 @@ def add_launch_arguments(p: argparse.ArgumentParser, what: str) -> None:
                         "resources allow)")
     p.add_argument("--cpu-only", action="store_true",
                    help="ask for no GPU per trial (at least 1 CPU), for clusters without GPUs")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the experiment as if its file said so, checked the same way "
+                        "(repeatable): settings.epochs=10, cells.online.seeds=2, "
+                        "cells[0].afwd=511/512, resources.cpu=2; VALUE is YAML")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE,...",
+                   help=f"run or list only the {what} matching every KEY=VALUE (norm, seed, "
+                        "trial_id or a trial setting), e.g. norm=online,seed=0; repeated: "
+                        "those matching any")
 
 
 def load_launch(args: argparse.Namespace, kind: str):
@@ -44,13 +52,41 @@ def load_launch(args: argparse.Namespace, kind: str):
     )
 
     config = Path(args.config).absolute() if args.config else default_config_path()
-    experiment = get_experiment(load_experiments(config), args.experiment)
+    experiments = load_experiments(config)
+    get_experiment(experiments, args.experiment)   # an unknown name, before any --set
+    experiment = experiments.with_overrides(args.experiment, args.sets)
     if experiment.kind != kind:
         command = "run" if experiment.kind == "grid" else experiment.kind
         raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment: "
                         f"run it with `onorm {command} {experiment.name}`")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     return experiment, data_dir, Path(args.results).expanduser().resolve(), config
+
+
+def narrow(experiment, trials, args: argparse.Namespace) -> list:
+    """The trials that --only selects (all without it); a filter selecting none is an error."""
+    from orchestrator.plan.overrides import parse_only, select
+
+    return select(experiment.name, trials, [parse_only(text) for text in args.only])
+
+
+def print_changes(experiment, total: int, selected: int, args: argparse.Namespace) -> None:
+    """What --set and --only did, under the dry run's list."""
+    for text in experiment.overrides:
+        print(f"--set {text}")
+    if args.only:
+        only = " or ".join(f"--only {text}" for text in args.only)
+        print(f"{only}: {selected} of {total} trials")
+
+
+def print_recipe_notes(trials) -> None:
+    """The lr and momentum each distinct recipe trains with, when the seed scripts' batch-size
+    rule changes them (README: no silent recipe change)."""
+    from trainers.recipe import rescale_note
+
+    notes = dict.fromkeys(n for n in (rescale_note(t.config) for t in trials) if n)
+    for note in notes:
+        print(f"note: {note}")
 
 
 def check_devices(experiment, trials, address: str | None) -> None:
@@ -146,14 +182,17 @@ def prepare_data(experiment, trials, problem: str | None) -> None:
         ensure_synthetic_cifar(trials[0].config.data_dir, experiment.dataset, experiment.synthetic)
 
 
-def write_resolved(experiment, trials, results_root: Path, config: Path | None = None) -> None:
-    """experiment.yaml in the experiment folder: the experiment as resolved, every trial's
-    config, and the experiments file it came from (for the command that rebuilds it)."""
+def write_resolved(experiment, trials, results_root: Path, config: Path | None = None,
+                   only: list[str] | tuple[str, ...] = ()) -> None:
+    """experiment.yaml in the experiment folder: the experiment as resolved (with the --set
+    overrides it was run with), the --only filters, every trial's config, and the experiments
+    file it came from (for the command that rebuilds it)."""
     import yaml
 
     from trainers.atomic import write_text_atomically
 
     resolved = experiment.to_dict()
+    resolved["only"] = list(only)
     if config is not None:
         resolved["config"] = str(config)
     resolved["trials"] = [t.to_payload() for t in trials]

@@ -15,7 +15,10 @@ from orchestrator.cli.launch import (
     check_plugins,
     failed_hint,
     load_launch,
+    narrow,
     prepare_data,
+    print_changes,
+    print_recipe_notes,
     write_resolved,
 )
 from orchestrator.layout import ExperimentLayout
@@ -35,15 +38,19 @@ def run_command(args: argparse.Namespace) -> int:
     from orchestrator.plan.trials import expand
 
     experiment, data_dir, results_root, config = load_launch(args, "grid")
-    trials = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
+    planned = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
+    trials = narrow(experiment, planned, args)
     problem = check_data(experiment, trials)
     if args.dry_run:
         from orchestrator.cli.dry_run import print_plan
 
         print_plan(experiment, trials, results_root)
+        print_changes(experiment, len(planned), len(trials), args)
+        print_recipe_notes(trials)
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
+    print_recipe_notes(trials)
     check_devices(experiment, trials, args.address)
     check_plugins(experiment, trials)
     prepare_data(experiment, trials, problem)
@@ -53,7 +60,7 @@ def run_command(args: argparse.Namespace) -> int:
         experiment.name, trials, results_root, address=args.address,
         max_concurrent=args.max_concurrent or experiment.max_concurrent,
         max_failures=experiment.max_failures,
-        on_start=lambda: write_resolved(experiment, trials, results_root, config))
+        on_start=lambda: write_resolved(experiment, trials, results_root, config, args.only))
     write_report(summary.layout)
     return print_summary(experiment, trials, summary)
 

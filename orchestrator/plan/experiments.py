@@ -11,8 +11,9 @@ common fields already checked and the raw mapping, and returns an `Experiment`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,7 @@ from orchestrator.plan.fields import (
     too_many_trials,
     where,
 )
-from trainers.config import DATASETS, ConfigError, make_config
+from trainers.config import DATASETS, ConfigError, config_specs, make_config
 from trainers.errors import UserError
 
 # Keys every kind accepts; a kind lists the extra keys it understands.
@@ -83,6 +84,7 @@ class Experiment:
     cells: tuple[Cell, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)   # kind-specific, e.g. a tuning space
     raw: dict[str, Any] = field(default_factory=dict)     # as written, for experiment.yaml
+    overrides: tuple[str, ...] = ()                       # the --set KEY=VALUE applied to raw
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment, plain types only (written next to its results)."""
@@ -93,7 +95,7 @@ class Experiment:
             "max_concurrent": self.max_concurrent, "settings": self.settings,
             "cells": [{"options": c.options, "seeds": list(c.seeds), "resources": c.resources}
                       for c in self.cells],
-            "extra": self.extra,
+            "extra": self.extra, "overrides": list(self.overrides),
         }
 
 
@@ -290,11 +292,45 @@ class Experiments(Mapping):
             self._parsed[name] = parse_experiment(name, self._raw[name], self._base_dir)
         return self._parsed[name]
 
+    def with_overrides(self, name: str, sets: Sequence[str]) -> Experiment:
+        """Experiment `name` with every `--set KEY=VALUE` applied to it as written, then
+        checked in full like the file (plan/overrides.py); an error in a value a --set gave
+        names that --set too."""
+        if not sets:
+            return self[name]
+        from orchestrator.plan.overrides import apply_sets
+
+        raw, changed = apply_sets(name, as_mapping(name, "(experiment)", self._raw[name]), sets)
+        try:
+            experiment = parse_experiment(name, raw, self._base_dir)
+        except UserError as err:
+            raise UserError(_blame(str(err), changed)) from None
+        return dataclasses.replace(experiment, overrides=tuple(sets))
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
 
     def __len__(self) -> int:
         return len(self._raw)
+
+
+def _blame(message: str, changed: list[tuple[str, str]]) -> str:
+    """`message` with the --set that wrote the key it names (or a key under or above it)."""
+    unknown = re.search(r"unknown key '([^']+)' in (the experiment|[^;]+);", message)
+    if unknown:
+        name, context = unknown.groups()
+        if context == "the experiment" and name in config_specs():   # --set epochs=2
+            return (f"{message}; a trial setting goes under settings: --set "
+                    f"settings.{name}=... (or cells.NORM.{name}=... for one normalizer's cells)")
+        key = name if context == "the experiment" else f"{context}.{name}"
+    else:
+        match = re.search(r"key '([^']+)'", message)
+        key = match.group(1) if match else ""
+    for path, text in changed:
+        if key and (key == path or key.startswith((path + ".", path + "["))
+                    or path.startswith((key + ".", key + "["))):
+            return f"{message} (set by --set {text})"
+    return message
 
 
 def parse_document(doc: Any, base_dir: Path, source: str = "experiments file") -> Experiments:
