@@ -44,15 +44,11 @@ def entry_point_norms() -> dict[str, str]:
     return found
 
 
-def is_plugin_path(norm: str) -> bool:
-    return PLUGIN_PATH.fullmatch(norm) is not None
-
-
 def plugin_path(norm: str) -> str:
     """The import path 'module:attr' that the plugin normalizer `norm` (an entry point's name
     or a path itself) resolves to, checked to exist as an installed module without importing
     it; PluginError naming the choices otherwise."""
-    if is_plugin_path(norm):
+    if PLUGIN_PATH.fullmatch(norm):
         top = norm.split(":")[0].split(".")[0]
         try:
             found = importlib.util.find_spec(top) is not None

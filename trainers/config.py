@@ -280,10 +280,6 @@ def launch_only_fields() -> tuple[str, ...]:
     return tuple(name for name, s in config_specs().items() if s.launch_only)
 
 
-def derived_fields() -> tuple[str, ...]:
-    return tuple(name for name, s in config_specs().items() if s.derived)
-
-
 class SettingError(ValueError):
     """A setting's value does not fit its field; str() is the expectation, e.g. 'an integer'."""
 

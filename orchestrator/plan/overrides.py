@@ -130,7 +130,7 @@ def _assign(context: str, root: dict[str, Any], path: list[str | int], value: An
                 raise UserError(f"{context}: {where} is {_kind(node)}, not a list")
             if step > len(node) or (step == len(node) and not last):
                 raise UserError(f"{context}: {where} has {len(node)} items: index {step} is "
-                                f"out of range (cells[{len(node)}] appends one)")
+                                f"out of range ({where}[{len(node)}] appends one)")
             if last:
                 node[step:step + 1] = [value]   # == len(node): appended
                 return
