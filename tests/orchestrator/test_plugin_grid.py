@@ -40,6 +40,11 @@ def test_an_entry_point_normalizer_runs_in_a_grid_and_its_table(norm_plugin, ray
     # the cell could name the class itself: the same trial
     by_path = tiny_yaml(tmp_path / "p.yaml", GRID.replace("norm: mynorm", f"norm: {PATH!r}"))
     assert expand(load_experiments(by_path)["plug"])[0].trial_id == plugin.trial_id
+    # the dry run shows what the name imports
+    assert main(["run", "plug", "--dry-run", "--config", str(config), "--results",
+                 str(tmp_path / "results")]) == 0
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if plugin.trial_id in ln]
+    assert f"│ mynorm │ {PATH} " in line
 
     results = tmp_path / "results"
     prepare_data(experiment, [plugin, batch], None)
