@@ -22,6 +22,14 @@ IN_PROGRESS_STATUSES = ("pending", "running", "failed")
 
 METRICS_FILE = "metrics.parquet"
 TRIALS_FILE = "trials.parquet"
+# Tables across experiments, beside the experiment folders (no experiment name starts with _).
+COMBINED_TABLES = "_tables"
+
+
+def combined_table(results_root: str | Path, experiments: list[str] | tuple[str, ...],
+                   metric: str, suffix: str) -> Path:
+    """`onorm table A B`: <root>/_tables/A+B/<metric><suffix>."""
+    return Path(results_root) / COMBINED_TABLES / "+".join(experiments) / f"{metric}{suffix}"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session, started only when a test asks for it."""
+"""Shared fixtures: one local Ray per test session, started only when a test asks for it;
+an installed normalizer plugin."""
 
 from __future__ import annotations
 
@@ -52,3 +53,23 @@ def ray_exclusive(_ray_shutdown_at_end):
     yield
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture
+def norm_plugin(tmp_path_factory, monkeypatch):
+    """The package of tests/norm_plugin.py installed for this test: on sys.path, and on
+    PYTHONPATH for the processes it starts (a local Ray started after it, its workers)."""
+    import importlib
+
+    from norm_plugin import install_plugin
+
+    root = install_plugin(tmp_path_factory.mktemp("site"))
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
+    importlib.invalidate_caches()
+    yield root
+    import sys
+
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        del sys.modules[name]

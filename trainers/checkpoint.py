@@ -88,10 +88,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def check_compatible(state: dict[str, Any], config_dict: dict[str, Any], path: str | Path) -> None:
     """UserError naming the setting when a checkpoint was saved for another model."""
-    saved = state.get("config", {})
+    saved = dict(state.get("config", {}))
+    now = dict(config_dict)
+    for values in (saved, now):   # a plugin is its import path, under either of its names
+        if values.get("norm_path"):
+            values["norm"] = values["norm_path"]
     keys = MODEL_KEYS + options_of(config_dict["norm"])
-    diffs = [f"{k}={saved.get(k)!r} (now {config_dict[k]!r})" for k in keys
-             if k in saved and saved.get(k) != config_dict[k]
+    diffs = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in keys
+             if k in saved and saved.get(k) != now[k]
              and not (k == "depth" and config_dict["dataset"] == "imagenet")]
     if diffs:
         raise UserError(f"checkpoint {path} does not match the model: it was saved with "

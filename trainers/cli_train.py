@@ -37,6 +37,19 @@ def _fraction(text: str) -> float:
                                          f"got {text!r}") from None
 
 
+def _norm_name(text: str) -> str:
+    """A built-in normalizer or an installed plugin (norms/plugins.py), checked as parsed."""
+    from norms.modes import NORM_MODES
+    from norms.plugins import PluginError, plugin_path
+
+    if text not in NORM_MODES:
+        try:
+            plugin_path(text)
+        except PluginError as err:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} ({err})") from None
+    return text
+
+
 def _one_line_error(prog: str):
     """argparse's error, but one line with the fix instead of the usage block."""
     def error(message: str) -> None:
@@ -66,10 +79,12 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     from trainers.config import config_specs
 
     for name, spec in config_specs().items():
-        if name in POSITIONAL:
+        if name in POSITIONAL or spec.derived:
             continue
         kw: dict[str, Any] = dict(dest=name, default=None, help=spec.meta.get("help") or None)
-        if spec.kind == "bool":
+        if name == "norm":   # a built-in, or a plugin's name or path
+            kw.update(type=_norm_name, metavar="NORM")
+        elif spec.kind == "bool":
             kw.update(action="store_true")
         elif spec.kind == "choice":
             kw.update(choices=spec.choices)
@@ -87,18 +102,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "checkpoints and metrics.parquet go to --model-dir.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.error = _one_line_error(p.prog)  # type: ignore[method-assign]
-    p.add_argument("dataset", choices=DATASETS, help="which dataset")
-    p.add_argument("data_dir", metavar="DIR", help="dataset folder (CIFAR: the python "
-                   "pickle batches; ImageNet: DIR/train and DIR/val image folders)")
-    p.add_argument("--model-dir", default="./model_dir", metavar="DIR",
-                   help="where checkpoints and metrics go (default ./model_dir)")
+    # optional only with --resume, whose checkpoint knows the dataset and its folder
+    p.add_argument("dataset", nargs="?", choices=DATASETS,
+                   help="which dataset (with --resume: the checkpoint's by default)")
+    p.add_argument("data_dir", nargs="?", metavar="DIR", help="dataset folder (CIFAR: the "
+                   "python pickle batches; ImageNet: DIR/train and DIR/val image folders; with "
+                   "--resume: the checkpoint's by default)")
+    p.add_argument("--model-dir", default=None, metavar="DIR",
+                   help="where checkpoints and metrics go (default ./model_dir, with --resume "
+                        "the checkpoint's folder)")
     p.add_argument("--start-epoch", type=int, default=0,
                    help="manual epoch number (restarts): epochs to treat as done; a "
                         "--resume checkpoint's own epoch takes precedence (default 0)")
     p.add_argument("-p", "--print-freq", type=int, default=10,
                    help="print every N batches when no progress bar shows (default 10)")
     p.add_argument("--resume", default=None, metavar="PATH",
-                   help="checkpoint to resume from (a checkpoint.pth.tar or its folder)")
+                   help="checkpoint to resume from (a checkpoint.pth.tar or its folder); alone "
+                        "it continues the run with the checkpoint's model and recipe, and any "
+                        "flag given must agree with them")
     p.add_argument("-e", "--evaluate", action="store_true",
                    help="evaluate on the validation set only and print the metrics")
     add_config_arguments(p)
@@ -114,7 +135,7 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
 
     from trainers.checkpoint import CHECKPOINT_NAME
 
-    checkpoint = Path(args.model_dir) / CHECKPOINT_NAME
+    checkpoint = Path(model_dir_of(args)) / CHECKPOINT_NAME
     if args.evaluate or not checkpoint.is_file():
         return "no epoch was checkpointed yet: re-run the same command to start again"
     kept, skip = [], False
@@ -129,26 +150,61 @@ def resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
     return f"resume with: onorm {shlex.join(kept + ['--resume', str(checkpoint)])}"
 
 
-def config_from_args(args: argparse.Namespace):
-    """The TrialConfig the flags describe: per-dataset defaults, then the given flags."""
-    from trainers.config import config_specs, make_config
+def model_dir_of(args: argparse.Namespace) -> str:
+    """--model-dir; without it the folder of the --resume checkpoint, else ./model_dir."""
+    if args.model_dir:
+        return args.model_dir
+    if args.resume:
+        from pathlib import Path
 
-    given = {k: getattr(args, k) for k in config_specs() if k not in POSITIONAL}
+        resume = Path(args.resume)
+        return str(resume if resume.is_dir() else resume.parent)
+    return "./model_dir"
+
+
+def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None):
+    """The TrialConfig the flags describe: per-dataset defaults (or the `saved` config of the
+    checkpoint to resume), then the flags given."""
+    from trainers.config import config_specs, make_config
+    from trainers.errors import UserError
+
+    specs = config_specs()
+    given = {k: getattr(args, k) for k, spec in specs.items()
+             if k not in POSITIONAL and not spec.derived}
     # None: not given; False: a switch left off (`is`, since 0 == False for --workers 0)
     overrides = {k: v for k, v in given.items() if v is not None and v is not False}
-    return make_config(args.dataset, args.data_dir, **overrides)
+    saved = saved or {}
+    dataset, data_dir = args.dataset or saved.get("dataset"), args.data_dir or saved.get(
+        "data_dir")
+    if dataset is None or data_dir is None:
+        raise UserError("give the dataset and its folder (onorm train DATASET DIR ...), or "
+                        "--resume CHECKPOINT to continue a run")
+    # a checkpoint of another version may lack a field or have one no longer known
+    values = {k: v for k, v in saved.items() if k in specs and k not in POSITIONAL
+              and not specs[k].derived}
+    return make_config(dataset, data_dir, **{**values, **overrides})
+
+
+def saved_config(path: str) -> dict[str, Any]:
+    """The config a checkpoint was saved with (one line when it is missing or damaged)."""
+    from trainers.checkpoint import load_checkpoint
+
+    config = load_checkpoint(path)["config"]
+    return config if isinstance(config, dict) else {}
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; under `torchrun --nproc-per-node K` the K processes train one run together
     (rank 0 writes the model dir and prints)."""
-    config = config_from_args(args)
+    # resuming: the model and recipe are the checkpoint's, and flags given must agree
+    config = config_from_args(args, saved_config(args.resume) if args.resume else None)
     from trainers import distributed
     from trainers.train import train
 
+    model_dir = model_dir_of(args)
     started = distributed.init_from_env()
     try:
-        outcome = train(config, model_dir=args.model_dir, resume=args.resume,
+        outcome = train(config, model_dir=model_dir, resume=args.resume,
                         start_epoch=args.start_epoch or None, evaluate_only=args.evaluate,
                         print_freq=args.print_freq)
         main = distributed.current().is_main
@@ -164,5 +220,5 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DIVERGED
     if main and not args.evaluate and outcome.best_epoch is not None:
         print(f"best val acc1 {outcome.best_val_acc1:.2f} at epoch {outcome.best_epoch}; "
-              f"checkpoints in {args.model_dir}")
+              f"checkpoints in {model_dir}")
     return 0

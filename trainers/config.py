@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from norms.modes import ECM_MODES, NORM_MODES
+from norms.plugins import PLUGIN_PATH, PluginError, plugin_path
 from trainers.decay import OutOfRange, parse_fraction
 from trainers.errors import UserError
 
@@ -77,17 +78,17 @@ MAX_GROUPS = max(max(channels) for channels in NORM_CHANNELS.values())   # the w
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, low: float | None = None,
             high: float | None = None, open_low: bool = False, open_high: bool = False,
-            hint: str = "", launch_only: bool = False) -> Any:
+            hint: str = "", launch_only: bool = False, derived: bool = False) -> Any:
     """A TrialConfig field: `help` says what it is (shown by `onorm train --help`);
     [low, high] (or open ends) bound numbers and list items; `hint` follows a range error;
-    launch_only fields change how a trial runs, never what it computes."""
+    launch_only fields change how a trial runs, never what it computes; derived fields are
+    filled in by make_config from the others, never given (no flag, no yaml key)."""
     meta = dict(help=help, low=low, high=high, open_low=open_low, open_high=open_high,
-                hint=hint, launch_only=launch_only)
+                hint=hint, launch_only=launch_only, derived=derived)
     return field(default=default, metadata=meta)
 
 
 Dataset = Literal[DATASETS]
-NormMode = Literal[NORM_MODES]
 EcmMode = Literal[ECM_MODES]
 NormWeightDecay = Literal[NORM_WD_MODES]
 AmpDtype = Literal["bfloat16", "float16"]
@@ -126,8 +127,10 @@ class TrialConfig:
     momentum: float = setting(0.9, "SGD momentum", low=0, high=1, open_high=True)
     # The paper's CIFAR weight decay (ImageNet: 1e-4).
     weight_decay: float = setting(2e-4, "weight decay", low=0)
-    # Batch norm is the seed scripts' default normalizer.
-    norm: NormMode = setting("batch", "normalizer")
+    # Batch norm is the seed scripts' default normalizer; a name that is not built in is a
+    # plugin (norms/plugins.py): an onorm.norms entry point's name, or module:Class.
+    norm: str = setting("batch", f"normalizer: {', '.join(NORM_MODES)}, or a plugin (an "
+                                 "onorm.norms entry point's name, or module:Class)")
     # The paper's CIFAR-10 decay factors, 1 - 2^-10 and 1 - 2^-7.
     afwd: float = setting(1023 / 1024, "Online Norm forward decay factor", low=0, high=1,
                           open_low=True, open_high=True, hint=", e.g. 1023/1024")
@@ -172,6 +175,10 @@ class TrialConfig:
     cuda_graph: bool = setting(False, "replay each training step from a CUDA graph (one "
                                       "launch per step); on the CPU it trains eagerly",
                                launch_only=True)
+    # What a plugin norm imports (module:attr), resolved from its name once, when the trial is
+    # planned: the trial id hashes it, and every node imports this path, never the name.
+    norm_path: str = setting("", "import path of a plugin normalizer (from norm)",
+                             derived=True)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -201,6 +208,10 @@ class FieldSpec:
     @property
     def launch_only(self) -> bool:
         return bool(self.meta.get("launch_only"))
+
+    @property
+    def derived(self) -> bool:
+        return bool(self.meta.get("derived"))
 
     def range_text(self) -> str:
         low, high = self.meta.get("low"), self.meta.get("high")
@@ -357,6 +368,12 @@ def make_config(dataset: str, data_dir: str, **overrides: Any) -> TrialConfig:
     values.update(overrides)
     if isinstance(values.get("lr_milestones"), list):
         values["lr_milestones"] = tuple(values["lr_milestones"])
+    norm = values.get("norm", "batch")
+    if "norm_path" not in values and isinstance(norm, str) and norm not in NORM_MODES:
+        try:
+            values["norm_path"] = plugin_path(norm)
+        except PluginError as err:
+            raise ConfigError(str(err), "norm") from None
     return TrialConfig(dataset=dataset, data_dir=str(data_dir), **values)
 
 
@@ -391,6 +408,21 @@ def check_group_count(c: TrialConfig) -> None:
                           f"one of {', '.join(map(str, divisors))}", "gn_num_groups")
 
 
+def check_norm(c: TrialConfig) -> None:
+    """A built-in normalizer has no import path; a plugin has the one its name resolved to
+    (make_config resolves it; a recorded config carries it)."""
+    if c.norm in NORM_MODES:
+        if c.norm_path:
+            raise ConfigError(f"norm_path {c.norm_path!r} is only for plugin normalizers, not "
+                              f"{c.norm}", "norm_path")
+        return
+    if not c.norm_path:
+        raise ConfigError(f"norm {c.norm!r}: choose one of {', '.join(NORM_MODES)}, or a "
+                          "plugin (an onorm.norms entry point's name, or module:Class)", "norm")
+    if not PLUGIN_PATH.fullmatch(c.norm_path):
+        raise ConfigError(f"norm_path {c.norm_path!r} is not module:attr", "norm_path")
+
+
 def validate(c: TrialConfig) -> None:
     """Every field against its spec, then the checks between fields; each message names the
     setting and what is allowed (ConfigError.field: which one)."""
@@ -409,6 +441,7 @@ def validate(c: TrialConfig) -> None:
             hint = f" {spec.meta['hint']}" if spec.meta.get("hint") else ""
             shown = list(value) if spec.kind == "int_list" else value
             raise ConfigError(f"{name} must be {spec.range_text()}{hint}; got {shown!r}", name)
+    check_norm(c)
     if not DEVICE_PATTERN.fullmatch(c.device):
         raise ConfigError(f"device {c.device!r} is not a device: use auto, cpu, cuda or cuda:N",
                           "device")

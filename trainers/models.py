@@ -75,7 +75,8 @@ class CifarResNet(nn.Module):
 
 
 def is_norm_module(module: nn.Module) -> bool:
-    """True for a normalization layer of any kind (by class, never by name)."""
+    """True for a normalization layer of any kind (by class, never by name): the built-ins,
+    and the classes of the layers a plugin normalizer has built (norms/registry.py)."""
     import norms
 
     return isinstance(module, norms.norm_layer_classes())
@@ -161,9 +162,11 @@ def build_model(config: "TrialConfig", num_classes: int, input_size: int) -> nn.
     (norms.materialize) creates it here, before any optimizer sees the parameters.
     """
     import norms
+    from norms.plugins import PluginError
     pretrained = _pretrained_path(config, num_classes) if config.pretrained else None
     try:
-        norm_layer = norms.norm_factory(config.norm, alpha_fwd=config.afwd,
+        # a plugin by the import path it was planned with, never re-resolved from its name
+        norm_layer = norms.norm_factory(config.norm_path or config.norm, alpha_fwd=config.afwd,
                                         alpha_bkw=config.abkw, ecm=config.ecm,
                                         gn_num_groups=config.gn_num_groups)
     except ValueError as err:
@@ -173,6 +176,8 @@ def build_model(config: "TrialConfig", num_classes: int, input_size: int) -> nn.
             model = build_imagenet_resnet(config.arch, num_classes, norm_layer)
         else:
             model = build_cifar_resnet(config.depth, num_classes, norm_layer)
+    except PluginError as err:
+        raise UserError(str(err)) from None
     except ValueError as err:
         if config.norm != "group":
             raise

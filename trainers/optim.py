@@ -1,4 +1,5 @@
-"""The seed scripts' optimizer recipe: SGD with momentum, batch-size rescaling, MultiStepLR."""
+"""The seed scripts' optimizer recipe: SGD with momentum, batch-size rescaling
+(trainers/recipe.py), MultiStepLR."""
 
 from __future__ import annotations
 
@@ -8,28 +9,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from trainers.config import BASE_BATCH_SIZE
 from trainers.models import is_norm_module
+from trainers.recipe import effective_lr_momentum
 
 if TYPE_CHECKING:
     from trainers.config import TrialConfig
-
-
-def rescaled_lr_momentum(lr: float, momentum: float, batch_size: int,
-                         base_batch_size: int) -> tuple[float, float]:
-    """lr and momentum for batch `batch_size` that match the recipe tuned at `base_batch_size`.
-
-    momentum' = momentum^(B/B0) keeps the per-sample decay of the momentum average;
-    lr' = lr * (B/B0) * (1-momentum')/(1-momentum) keeps the effective step size. Identity
-    at B = B0.
-    """
-    if batch_size == base_batch_size:
-        return lr, momentum
-    ratio = batch_size / base_batch_size
-    new_momentum = momentum ** ratio
-    if momentum == 0:
-        return lr * ratio, 0.0
-    return lr * ratio * (1 - new_momentum) / (1 - momentum), new_momentum
 
 
 def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: str) -> list[dict]:
@@ -56,8 +40,7 @@ def param_groups(model: nn.Module, weight_decay: float, norm_weight_decay: str) 
 
 
 def build_optimizer(model: nn.Module, config: "TrialConfig") -> torch.optim.SGD:
-    lr, momentum = rescaled_lr_momentum(config.lr, config.momentum, config.batch_size,
-                                        BASE_BATCH_SIZE[config.dataset])
+    lr, momentum = effective_lr_momentum(config)
     groups = param_groups(model, config.weight_decay, config.norm_weight_decay)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 

@@ -42,6 +42,7 @@ from trainers.config import TrialConfig
 from trainers.errors import UserError
 from trainers.metrics import EpochMeter, EpochSummary
 from trainers.progress import default_progress, epoch_progress
+from trainers.recipe import rescale_note
 from trainers.records import EPOCH_METRIC_KEYS, metric_row, upsert_rows
 from trainers.step import autocast_context, make_train_step
 
@@ -140,6 +141,10 @@ class _Trainer:
         # only rank 0 speaks and writes; the others train in silence
         log = log if self.ranks.is_main else (lambda line: None)
         self.config, self.model_dir, self.log = config, model_dir, log
+        # logged by train() after the line on the effective lr and momentum
+        self.notes: list[str] = []
+        # the lr and momentum the optimizer starts from: the checkpoint's when resumed
+        self.recipe = config
         self.progress, self.print_freq = progress and self.ranks.is_main, print_freq
         self.device = resolve_device(config.device)
         self.data = build_data(config, self.device, self.ranks)
@@ -166,7 +171,7 @@ class _Trainer:
                    if self.device.type != "cuda" else
                    "is not used by multi-worker trials (DDP's all-reduce runs outside the "
                    "graph); training eagerly")
-            log(f"note: cuda_graph {why}")
+            self.notes.append(f"note: cuda_graph {why}")
         self.epochs_done = 0
         self.best_acc1: float | None = None
         self.best_epoch: int | None = None
@@ -201,8 +206,10 @@ class _Trainer:
         kept = [k for k in RECIPE_KEYS if k in saved and saved[k] != self.config.to_dict()[k]]
         if kept:
             # the optimizer and scheduler states carry the old recipe, as in the seed scripts
-            self.log(f"note: resuming with the checkpoint's {', '.join(kept)} "
-                     "(optimizer and lr schedule continue as saved)")
+            self.notes.append(f"note: resuming with the checkpoint's {', '.join(kept)} "
+                              "(optimizer and lr schedule continue as saved)")
+            self.recipe = self.config.replace(**{k: float(saved[k]) for k in ("lr", "momentum")
+                                                 if k in kept})
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         per_rank = state.get("rng_ranks") or []
@@ -325,9 +332,25 @@ def train(config: TrialConfig, report: Report | None = None, *, model_dir: str |
             run.restore(resume)
         elif start_epoch:
             run.start_at(int(start_epoch))
+        note = None if evaluate_only else rescale_note(run.recipe)
+        for line in ([note] if note else []) + run.notes:   # the effective recipe first
+            run.log(line)
         if evaluate_only:
             return _evaluate(run, log)
+        if resume is not None:
+            log_resumed(run)
         return _fit(run, report, log)
+
+
+def log_resumed(run: _Trainer) -> None:
+    """Which epoch the run continues from, and what is left to train."""
+    done, total = run.epochs_done, run.config.epochs
+    if done >= total:
+        run.log(f"resumed from epoch {done}'s checkpoint: all {total} epochs are done (pass "
+                f"--epochs N, N > {done}, to train further)")
+    else:
+        left = f"epoch {total}" if done + 1 == total else f"epochs {done + 1}-{total}"
+        run.log(f"resumed from epoch {done}'s checkpoint: training {left} of {total}")
 
 
 def _evaluate(run: _Trainer, log: Callable[[str], None]) -> TrainOutcome:

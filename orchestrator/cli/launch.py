@@ -36,6 +36,14 @@ def add_launch_arguments(p: argparse.ArgumentParser, what: str) -> None:
                         "MLFLOW_TRACKING_URI) and/or wandb (offline, in RESULTS/EXPERIMENT/"
                         "wandb); repeat or separate by commas. TensorBoard event files are "
                         "always written to RESULTS/EXPERIMENT/tensorboard")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the experiment as if its file said so, checked the same way "
+                        "(repeatable): settings.epochs=10, cells.online.seeds=2, "
+                        "cells[0].afwd=511/512, resources.cpu=2; VALUE is YAML")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE,...",
+                   help=f"run or list only the {what} matching every KEY=VALUE (norm, seed, "
+                        "trial_id or a trial setting), e.g. norm=online,seed=0; repeated: "
+                        "those matching any")
 
 
 def tracker_names(text: str) -> list[str]:
@@ -71,13 +79,41 @@ def load_launch(args: argparse.Namespace, kind: str):
     )
 
     config = Path(args.config).absolute() if args.config else default_config_path()
-    experiment = get_experiment(load_experiments(config), args.experiment)
+    experiments = load_experiments(config)
+    get_experiment(experiments, args.experiment)   # an unknown name, before any --set
+    experiment = experiments.with_overrides(args.experiment, args.sets)
     if experiment.kind != kind:
         command = "run" if experiment.kind == "grid" else experiment.kind
         raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment: "
                         f"run it with `onorm {command} {experiment.name}`")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     return experiment, data_dir, Path(args.results).expanduser().resolve(), config
+
+
+def narrow(experiment, trials, args: argparse.Namespace) -> list:
+    """The trials that --only selects (all without it); a filter selecting none is an error."""
+    from orchestrator.plan.overrides import parse_only, select
+
+    return select(experiment.name, trials, [parse_only(text) for text in args.only])
+
+
+def print_changes(experiment, total: int, selected: int, args: argparse.Namespace) -> None:
+    """What --set and --only did, under the dry run's list."""
+    for text in experiment.overrides:
+        print(f"--set {text}")
+    if args.only:
+        only = " or ".join(f"--only {text}" for text in args.only)
+        print(f"{only}: {selected} of {total} trials")
+
+
+def print_recipe_notes(trials) -> None:
+    """The lr and momentum each distinct recipe trains with, when the seed scripts' batch-size
+    rule changes them (README: no silent recipe change)."""
+    from trainers.recipe import rescale_note
+
+    notes = dict.fromkeys(n for n in (rescale_note(t.config) for t in trials) if n)
+    for note in notes:
+        print(f"note: {note}")
 
 
 def check_devices(experiment, trials, address: str | None) -> None:
@@ -106,6 +142,30 @@ def check_devices(experiment, trials, address: str | None) -> None:
             raise UserError(f"{where(experiment.name, key)}: {device!r}, but this machine has "
                             f"{have}: use device auto or cpu, --cpu-only, or --address to "
                             "run on a cluster whose nodes have it")
+
+
+def check_plugins(experiment, trials) -> None:
+    """Import each plugin normalizer here and build one of its layers, so that a plugin that
+    cannot load fails now, in one line, instead of in every trial after Ray started."""
+    first = {}
+    for t in trials:
+        if t.config.norm_path:
+            first.setdefault(t.config.norm_path, t.config)
+    if not first:
+        return
+    from norms.plugins import PluginError
+    from norms.registry import norm_factory
+    from orchestrator.plan.experiments import setting_key_path
+    from orchestrator.plan.fields import where
+    from trainers.config import NORM_CHANNELS
+
+    for path, config in first.items():
+        network = config.arch if config.dataset == "imagenet" else "resnet"
+        try:
+            norm_factory(path)(min(NORM_CHANNELS[network]))
+        except PluginError as err:
+            key = setting_key_path(experiment, "norm", config.norm)
+            raise UserError(f"{where(experiment.name, key)}: {err}") from None
 
 
 def check_data(experiment, trials) -> str | None:
@@ -149,14 +209,17 @@ def prepare_data(experiment, trials, problem: str | None) -> None:
         ensure_synthetic_cifar(trials[0].config.data_dir, experiment.dataset, experiment.synthetic)
 
 
-def write_resolved(experiment, trials, results_root: Path, config: Path | None = None) -> None:
-    """experiment.yaml in the experiment folder: the experiment as resolved, every trial's
-    config, and the experiments file it came from (for the command that rebuilds it)."""
+def write_resolved(experiment, trials, results_root: Path, config: Path | None = None,
+                   only: list[str] | tuple[str, ...] = ()) -> None:
+    """experiment.yaml in the experiment folder: the experiment as resolved (with the --set
+    overrides it was run with), the --only filters, every trial's config, and the experiments
+    file it came from (for the command that rebuilds it)."""
     import yaml
 
     from trainers.atomic import write_text_atomically
 
     resolved = experiment.to_dict()
+    resolved["only"] = list(only)
     if config is not None:
         resolved["config"] = str(config)
     resolved["trials"] = [t.to_payload() for t in trials]

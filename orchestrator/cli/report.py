@@ -8,6 +8,8 @@ from pathlib import Path
 from orchestrator.layout import ExperimentLayout
 from trainers.errors import UserError
 
+PLOT_FORMATS = ("png", "pdf", "svg")   # what matplotlib writes without extra packages
+
 
 def resolve_experiment_dir(target: str, results_root: str) -> Path:
     """An experiment folder: `target` itself when it holds metrics.parquet, else the
@@ -26,10 +28,15 @@ def resolve_experiment_dir(target: str, results_root: str) -> Path:
                     "pass --results DIR")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("experiment", metavar="EXPERIMENT_OR_RESULTS_DIR",
-                   help="experiment name (read from RESULTS/NAME) or a folder holding "
-                        "metrics.parquet")
+def _common(p: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:
+        p.add_argument("experiments", nargs="+", metavar="EXPERIMENT_OR_RESULTS_DIR",
+                       help="experiment name (read from RESULTS/NAME) or a folder holding "
+                            "metrics.parquet; several: one table, a column group each")
+    else:
+        p.add_argument("experiment", metavar="EXPERIMENT_OR_RESULTS_DIR",
+                       help="experiment name (read from RESULTS/NAME) or a folder holding "
+                            "metrics.parquet")
     p.add_argument("--results", default="results",
                    help="folder holding one subfolder per experiment (default: results)")
     p.add_argument("--include-running", action="store_true",
@@ -41,8 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "table", help="median-of-runs table beside the paper's numbers",
         description="Per setting: the best epoch of the median curve over runs and the "
                     "median/min/max/mean/std there, beside the paper's numbers. Writes "
-                    "tables/{accuracy,loss}.{md,csv,tex} and prints one format.")
-    _common(p)
+                    "tables/{accuracy,loss}.{md,csv,tex} and prints one format. With several "
+                    "experiments (onorm table cifar10 cifar100): the paper's layout, "
+                    "normalizers as rows and a column group per dataset with our median "
+                    "(min-max) beside the paper's median, written to "
+                    "RESULTS/_tables/A+B/{accuracy,loss}.{md,csv,tex}.")
+    _common(p, several=True)
     p.add_argument("--metric", choices=("accuracy", "loss", "both"), default="both",
                    help="which table(s) to print (files hold both; default: both)")
     p.add_argument("--format", choices=("md", "csv", "latex"), default="md",
@@ -50,10 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_table)
 
     p = subparsers.add_parser(
-        "plot", help="validation/training curves per normalizer as PNGs",
+        "plot", help="validation/training curves per normalizer (PNG, PDF or SVG)",
         description="Median over runs with a min-max band, per setting; writes "
-                    "plots/val_acc1.png, plots/val_loss.png, plots/train_loss.png.")
+                    "plots/val_acc1.png, plots/val_loss.png, plots/train_loss.png (or .pdf, "
+                    ".svg with --format).")
     _common(p)
+    p.add_argument("--format", choices=PLOT_FORMATS, default="png",
+                   help="file format of the plots (default: png)")
     p.set_defaults(func=run_plot)
 
 
@@ -61,7 +75,9 @@ def run_table(args: argparse.Namespace) -> int:
     from orchestrator.report.stats import load_runs
     from orchestrator.report.table import render, write_tables
 
-    exp_dir = resolve_experiment_dir(args.experiment, args.results)
+    if len(args.experiments) > 1:
+        return run_combined_table(args)
+    exp_dir = resolve_experiment_dir(args.experiments[0], args.results)
     runs = load_runs(exp_dir, args.include_running)
     written = write_tables(exp_dir, args.include_running, runs=runs)
     metrics = ("accuracy", "loss") if args.metric == "both" else (args.metric,)
@@ -71,11 +87,30 @@ def run_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_combined_table(args: argparse.Namespace) -> int:
+    """`onorm table A B ...`: one table, a column group per experiment's dataset."""
+    from orchestrator.report import combined
+    from orchestrator.report.stats import load_runs
+
+    dirs = [resolve_experiment_dir(target, args.results) for target in args.experiments]
+    names = [d.name for d in dirs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"experiment {twice[0]!r} is given twice: name each experiment once")
+    named_runs = [(d.name, load_runs(d, args.include_running)) for d in dirs]
+    written = combined.write_tables(Path(args.results), named_runs)
+    metrics = ("accuracy", "loss") if args.metric == "both" else (args.metric,)
+    for metric in metrics:
+        print(combined.render(named_runs, metric, args.format))
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
 def run_plot(args: argparse.Namespace) -> int:
     from orchestrator.report.plot import write_plots
 
     exp_dir = resolve_experiment_dir(args.experiment, args.results)
-    paths = write_plots(exp_dir, args.include_running)
+    paths = write_plots(exp_dir, args.include_running, fmt=args.format)
     if not paths:
         print(f"no finished epochs in {exp_dir}: nothing to plot "
               "(--include-running uses runs still in progress)")

@@ -12,10 +12,14 @@ from orchestrator.cli.launch import (
     add_launch_arguments,
     check_data,
     check_devices,
+    check_plugins,
     check_trackers,
     failed_hint,
     load_launch,
+    narrow,
     prepare_data,
+    print_changes,
+    print_recipe_notes,
     write_resolved,
 )
 from orchestrator.layout import ExperimentLayout
@@ -35,17 +39,22 @@ def run_command(args: argparse.Namespace) -> int:
     from orchestrator.plan.trials import expand
 
     experiment, data_dir, results_root, config = load_launch(args, "grid")
-    trials = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
+    planned = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
+    trials = narrow(experiment, planned, args)
     problem = check_data(experiment, trials)
     if args.dry_run:
         from orchestrator.cli.dry_run import print_plan
 
         print_plan(experiment, trials, results_root)
+        print_changes(experiment, len(planned), len(trials), args)
+        print_recipe_notes(trials)
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
     log = check_trackers(args)
+    print_recipe_notes(trials)
     check_devices(experiment, trials, args.address)
+    check_plugins(experiment, trials)
     prepare_data(experiment, trials, problem)
     from orchestrator.execute.runner import run_trials
 
@@ -53,7 +62,7 @@ def run_command(args: argparse.Namespace) -> int:
         experiment.name, trials, results_root, address=args.address,
         max_concurrent=args.max_concurrent or experiment.max_concurrent,
         max_failures=experiment.max_failures, log=log,
-        on_start=lambda: write_resolved(experiment, trials, results_root, config))
+        on_start=lambda: write_resolved(experiment, trials, results_root, config, args.only))
     write_report(summary.layout)
     return print_summary(experiment, trials, summary)
 

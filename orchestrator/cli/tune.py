@@ -18,10 +18,14 @@ from orchestrator.cli.launch import (
     check_trackers,
     failed_hint,
     load_launch,
+    narrow,
     prepare_data,
+    print_changes,
+    print_recipe_notes,
     write_resolved,
 )
 from orchestrator.layout import SEARCH_DONE_STATUSES, ExperimentLayout
+from trainers.errors import UserError
 
 
 def add_parser(subparsers) -> None:
@@ -39,14 +43,22 @@ def tune_command(args: argparse.Namespace) -> int:
 
     experiment, data_dir, results_root, config = load_launch(args, "tune")
     points = planned_points(experiment)
+    if points is None and args.only:
+        raise UserError(f"experiment {experiment.name!r}: --only needs the configurations "
+                        "listed before the search runs, and searcher optuna proposes them as "
+                        "results arrive: use searcher grid or random, or drop --only")
     known = points if points is not None else [{"afwd": 0.5, "abkw": 0.5}]  # Optuna: data check
-    trials = point_trials(experiment, known, data_dir=data_dir, cpu_only=args.cpu_only)
+    planned_trials = point_trials(experiment, known, data_dir=data_dir, cpu_only=args.cpu_only)
+    trials = narrow(experiment, planned_trials, args)
     problem = check_data(experiment, trials)
     if args.dry_run:
         print_plan(experiment, trials if points is not None else [], results_root)
+        print_changes(experiment, len(planned_trials), len(trials), args)
+        print_recipe_notes(trials)
         if problem:
             print(f"warning: {problem}", file=sys.stderr)
         return 0
+    print_recipe_notes(trials)
     if points is None:
         from orchestrator.execute.search import import_optuna
 
@@ -55,9 +67,13 @@ def tune_command(args: argparse.Namespace) -> int:
     check_devices(experiment, trials, args.address)
     prepare_data(experiment, trials, problem)
     planned = trials if points is not None else []
+    chosen = {t.trial_id for t in trials}
     options = dict(address=args.address, data_dir=data_dir, cpu_only=args.cpu_only,
                    max_concurrent=args.max_concurrent or experiment.max_concurrent, log=log,
-                   on_start=lambda: write_resolved(experiment, planned, results_root, config))
+                   select=(lambda specs: [t for t in specs if t.trial_id in chosen])
+                   if args.only else None,
+                   on_start=lambda: write_resolved(experiment, planned, results_root, config,
+                                                   args.only))
     from orchestrator.execute.search import run_optuna, run_points, search_setting
 
     if points is not None:

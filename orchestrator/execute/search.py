@@ -53,6 +53,8 @@ def run_points(experiment, points, results_root: Path, options: dict[str, Any]) 
     points = list(unique.values())
     trials = point_trials(experiment, points, data_dir=options.get("data_dir"),
                           cpu_only=options.get("cpu_only", False))
+    if options.get("select"):   # --only
+        trials = options["select"](trials)
     return run_trials(experiment.name, trials, results_root, address=options.get("address"),
                       max_concurrent=options.get("max_concurrent"),
                       scheduler=make_scheduler(experiment), metric="val_acc1", mode="max",

@@ -11,13 +11,15 @@ common fields already checked and the raw mapping, and returns an `Experiment`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from norms.modes import ALL_KIND_OPTIONS, KIND_OPTIONS, NORM_MODES, options_of
+from norms.plugins import ENTRY_POINT_GROUP, PluginError, plugin_path
 from orchestrator.plan.fields import (
     MAX_TRIALS,
     as_int,
@@ -29,7 +31,7 @@ from orchestrator.plan.fields import (
     too_many_trials,
     where,
 )
-from trainers.config import DATASETS, ConfigError, make_config
+from trainers.config import DATASETS, ConfigError, config_specs, make_config
 from trainers.errors import UserError
 
 # Keys every kind accepts; a kind lists the extra keys it understands.
@@ -82,6 +84,7 @@ class Experiment:
     cells: tuple[Cell, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)   # kind-specific, e.g. a tuning space
     raw: dict[str, Any] = field(default_factory=dict)     # as written, for experiment.yaml
+    overrides: tuple[str, ...] = ()                       # the --set KEY=VALUE applied to raw
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved experiment, plain types only (written next to its results)."""
@@ -92,7 +95,7 @@ class Experiment:
             "max_concurrent": self.max_concurrent, "settings": self.settings,
             "cells": [{"options": c.options, "seeds": list(c.seeds), "resources": c.resources}
                       for c in self.cells],
-            "extra": self.extra,
+            "extra": self.extra, "overrides": list(self.overrides),
         }
 
 
@@ -123,9 +126,7 @@ def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
         label = f"cells[{i}]"
         cell_raw = as_mapping(name, label, cell_raw)
         norm = cell_raw.get("norm")
-        if norm not in NORM_MODES:
-            raise UserError(f"{where(name, label + '.norm')}: unknown normalizer {norm!r}; "
-                            f"choose one of {', '.join(NORM_MODES)}")
+        check_norm_name(name, label + ".norm", norm)
         options = parse_settings(name, label, {k: v for k, v in cell_raw.items() if k != "norm"},
                                  CELL_EXTRA_KEYS)
         check_cell_options(name, label, norm, options)
@@ -143,6 +144,21 @@ def parse_grid(name: str, common: dict[str, Any], raw: dict[str, Any]) -> Experi
     if total > MAX_TRIALS:
         raise UserError(too_many_trials(name, "cells", total))
     return Experiment(name=name, kind="grid", cells=tuple(cells), **common)
+
+
+def check_norm_name(exp: str, key: str, norm: Any) -> None:
+    """A built-in normalizer, or a plugin's name or module:Class path that resolves to an
+    installed module (nothing is imported here)."""
+    if isinstance(norm, str) and norm in NORM_MODES:
+        return
+    if not isinstance(norm, str) or not norm:
+        raise UserError(f"{where(exp, key)}: unknown normalizer {norm!r}; choose one of "
+                        f"{', '.join(NORM_MODES)}, or a plugin (an {ENTRY_POINT_GROUP} entry "
+                        "point's name, or module:Class)")
+    try:
+        plugin_path(norm)
+    except PluginError as err:
+        raise UserError(f"{where(exp, key)}: {err}") from None
 
 
 def cell_key_path(label: str, options: dict[str, Any], settings: dict[str, Any]
@@ -276,11 +292,45 @@ class Experiments(Mapping):
             self._parsed[name] = parse_experiment(name, self._raw[name], self._base_dir)
         return self._parsed[name]
 
+    def with_overrides(self, name: str, sets: Sequence[str]) -> Experiment:
+        """Experiment `name` with every `--set KEY=VALUE` applied to it as written, then
+        checked in full like the file (plan/overrides.py); an error in a value a --set gave
+        names that --set too."""
+        if not sets:
+            return self[name]
+        from orchestrator.plan.overrides import apply_sets
+
+        raw, changed = apply_sets(name, as_mapping(name, "(experiment)", self._raw[name]), sets)
+        try:
+            experiment = parse_experiment(name, raw, self._base_dir)
+        except UserError as err:
+            raise UserError(_blame(str(err), changed)) from None
+        return dataclasses.replace(experiment, overrides=tuple(sets))
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._raw)
 
     def __len__(self) -> int:
         return len(self._raw)
+
+
+def _blame(message: str, changed: list[tuple[str, str]]) -> str:
+    """`message` with the --set that wrote the key it names (or a key under or above it)."""
+    unknown = re.search(r"unknown key '([^']+)' in (the experiment|[^;]+);", message)
+    if unknown:
+        name, context = unknown.groups()
+        if context == "the experiment" and name in config_specs():   # --set epochs=2
+            return (f"{message}; a trial setting goes under settings: --set "
+                    f"settings.{name}=... (or cells.NORM.{name}=... for one normalizer's cells)")
+        key = name if context == "the experiment" else f"{context}.{name}"
+    else:
+        match = re.search(r"key '([^']+)'", message)
+        key = match.group(1) if match else ""
+    for path, text in changed:
+        if key and (key == path or key.startswith((path + ".", path + "["))
+                    or path.startswith((key + ".", key + "["))):
+            return f"{message} (set by --set {text})"
+    return message
 
 
 def parse_document(doc: Any, base_dir: Path, source: str = "experiments file") -> Experiments:

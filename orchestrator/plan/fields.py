@@ -110,7 +110,8 @@ def parse_settings(exp: str, context: str, raw: dict[str, Any], extra_keys: tupl
                    ) -> dict[str, Any]:
     """Trial settings checked against their TrialConfig fields; `extra_keys` pass through
     (a cell's seeds and resources)."""
-    allowed = [k for k in config_specs() if k not in RESERVED_SETTINGS] + list(extra_keys)
+    allowed = [k for k, spec in config_specs().items()
+               if k not in RESERVED_SETTINGS and not spec.derived] + list(extra_keys)
     check_keys(exp, context, raw, allowed)
     out: dict[str, Any] = {}
     for key, value in raw.items():

@@ -10,6 +10,11 @@ first recorded and stay hashed whatever their value; a field added since enters 
 only when its value differs from its default. So adding a field leaves every recorded trial
 as it was, and a trial that uses the new field is a new trial. (A new field therefore needs
 one default for every dataset: a per-dataset default would enter the hash.)
+
+A plugin normalizer (norms/plugins.py) is hashed by its import path, `norm_path`, in place of
+its name: what runs is the class at that path, so `norm: mynorm` (an entry point naming
+mypkg.layers:MyNorm) and `norm: mypkg.layers:MyNorm` are the same trial, and an entry point
+moved to another class makes new trials. The built-ins have no path and keep their ids.
 """
 
 from __future__ import annotations
@@ -39,6 +44,14 @@ def identity(config: TrialConfig, synthetic: dict[str, int] | None = None) -> di
             values[f.name] = list(value) if isinstance(value, tuple) else value
     if synthetic:
         values["synthetic_data"] = dict(sorted(synthetic.items()))
+    return _by_path(values)
+
+
+def _by_path(values: dict[str, Any]) -> dict[str, Any]:
+    """A plugin's import path stands for its name (see the module docstring)."""
+    path = values.pop("norm_path", "")
+    if path:
+        values["norm"] = path
     return values
 
 
@@ -61,7 +74,7 @@ def setting_values(config: dict[str, Any], ignore: tuple[str, ...] = ("seed",)
             continue
         if key in FIRST_FIELDS or key not in defaults or value != _plain(defaults[key]):
             values[key] = value
-    return values
+    return _by_path(values)
 
 
 def setting_key(config: dict[str, Any], ignore: tuple[str, ...] = ("seed",)) -> str:

@@ -90,7 +90,10 @@ def data_folder(experiment: Experiment, data_dir: str | None = None) -> str:
 
 
 def describe_options(config: TrialConfig) -> str:
-    """The normalizer's own options, e.g. 'afwd=1023/1024 abkw=127/128 ecm=ls'."""
+    """The normalizer's own options, e.g. 'afwd=1023/1024 abkw=127/128 ecm=ls'; for a plugin
+    named by its entry point, what it imports ('mypkg.layers:MyNorm')."""
+    if config.norm_path and config.norm_path != config.norm:
+        return config.norm_path
     parts = []
     for key in options_of(config.norm):
         value = getattr(config, key)

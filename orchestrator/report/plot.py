@@ -1,8 +1,9 @@
-"""Training-curve plots: per setting, the median over runs with a min-max band, as PNGs.
+"""Training-curve plots: per setting, the median over runs with a min-max band.
 
-Files written under the experiment folder's plots/: val_acc1.png, val_loss.png and
-train_loss.png, one panel per dataset in the experiment, one line per setting (legend:
-setting and run count), dotted vertical lines where the learning rate steps down.
+Files written under the experiment folder's plots/: val_acc1, val_loss and train_loss, as
+.png (or .pdf, .svg: `onorm plot --format`), one panel per dataset in the experiment, one
+line per setting (legend: setting and run count), dotted vertical lines where the learning
+rate steps down.
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ def metric_figure(runs: Runs, column: str) -> "Figure | None":
 
 
 def write_plots(exp_dir: Path, include_running: bool = False,
-                runs: Runs | None = None) -> list[Path]:
-    """Write the PNGs that have data; returns their paths (none when nothing has run)."""
+                runs: Runs | None = None, fmt: str = "png") -> list[Path]:
+    """Write the plots that have data as `fmt` (png, pdf or svg); returns their paths (none
+    when nothing has run)."""
     layout = ExperimentLayout(Path(exp_dir))
     runs = runs if runs is not None else load_runs(layout.dir, include_running)
     written = []
@@ -111,7 +113,7 @@ def write_plots(exp_dir: Path, include_running: bool = False,
         fig = metric_figure(runs, column)
         if fig is None:
             continue
-        path = layout.plot(column)
-        replace_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format="png"))
+        path = layout.plot(column, f".{fmt}")
+        replace_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format=fmt))
         written.append(path)
     return written

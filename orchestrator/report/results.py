@@ -41,11 +41,16 @@ def rebuild_hint(layout: ExperimentLayout) -> str:
 
 
 def rebuild_command(layout: ExperimentLayout) -> str:
-    """The command that ran this folder, from its experiment.yaml (kind, experiments file)."""
+    """The command that ran this folder, from its experiment.yaml (kind, experiments file,
+    --set and --only)."""
     resolved = _resolved(layout)
     command = ["onorm", "tune" if resolved.get("kind") == "tune" else "run", layout.name]
     if isinstance(resolved.get("config"), str):
         command += ["--config", resolved["config"]]
+    for flag, key in (("--set", "overrides"), ("--only", "only")):   # as it was run
+        values = resolved.get(key)
+        command += [part for v in (values if isinstance(values, list) else [])
+                    for part in (flag, str(v))]
     return shlex.join(command + ["--results", str(layout.dir.absolute().parent)])
 
 

@@ -232,7 +232,9 @@ def _group_settings(metrics: "pd.DataFrame", configs: dict[str, dict[str, Any]]
         recipe = {k: v for k, v in setting_values(cfg).items()
                   if k not in IDENTITY and k not in ALL_KIND_OPTIONS}
         ident = dict(dataset=str(cfg.get("dataset", "")), arch=arch, depth=depth, norm=norm)
-        key = json.dumps([ident, options, recipe], sort_keys=True, default=str)
+        # a plugin is the same setting under either spelling (its name, or its import path)
+        what = {**ident, "norm": str(cfg.get("norm_path") or norm)}
+        key = json.dumps([what, options, recipe], sort_keys=True, default=str)
         if key not in settings:
             milestones = tuple(int(m) for m in cfg.get("lr_milestones") or ())
             settings[key] = Setting(key, options=options, recipe=recipe,

@@ -116,20 +116,20 @@ _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "
                 "^": r"\textasciicircum{}", "†": r"\textdagger{}"}
 
 
-def _tex(text: str) -> str:
+def tex_text(text: str) -> str:
     return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
 
 
 def render_latex(runs: Runs, rows: list[dict[str, Any]], metric: str) -> str:
     align = "".join("l" if c in ("dataset", "network", "norm", "options") else "r"
                     for c in COLUMNS)
-    lines = [f"% {_tex(runs.experiment)}: {_tex(TITLES[metric])}",
+    lines = [f"% {tex_text(runs.experiment)}: {tex_text(TITLES[metric])}",
              f"\\begin{{tabular}}{{{align}}}", r"\hline",
-             " & ".join(_tex(HEADERS.get(c, c)) for c in COLUMNS) + r" \\", r"\hline"]
+             " & ".join(tex_text(HEADERS.get(c, c)) for c in COLUMNS) + r" \\", r"\hline"]
     for row in rows:
-        lines.append(" & ".join(_tex(_cell(row, c, metric)) for c in COLUMNS) + r" \\")
+        lines.append(" & ".join(tex_text(_cell(row, c, metric)) for c in COLUMNS) + r" \\")
     lines += [r"\hline", r"\end{tabular}"]
-    lines += ["% " + _tex(line) for line in footer_lines(runs)]
+    lines += ["% " + tex_text(line) for line in footer_lines(runs)]
     return "\n".join(lines) + "\n"
 
 

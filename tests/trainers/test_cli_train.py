@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from orchestrator.cli import build_parser, main
-from trainers.cli_train import EXIT_DIVERGED, config_from_args
-from trainers.optim import rescaled_lr_momentum
+from trainers.cli_train import EXIT_DIVERGED, config_from_args, model_dir_of
+from trainers.recipe import rescaled_lr_momentum
 
 
 def _config(*argv):
@@ -58,7 +58,8 @@ def test_per_dataset_defaults(dataset, expected):
     assert {k: getattr(c, k) for k in expected} == expected
     assert (c.lr, c.momentum, c.lr_multiplier, c.norm, c.ecm, c.workers, c.seed) == \
         (0.1, 0.9, 0.1, "batch", "ls", 4, None)
-    assert (args.model_dir, args.print_freq, args.start_epoch) == ("./model_dir", 10, 0)
+    # ./model_dir unless given (with --resume alone: the checkpoint's folder)
+    assert (model_dir_of(args), args.print_freq, args.start_epoch) == ("./model_dir", 10, 0)
 
 
 def test_training_run_applies_flags_and_writes_model_dir(cifar10_dir, tmp_path, monkeypatch,

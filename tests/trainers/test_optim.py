@@ -8,7 +8,8 @@ from torch import nn
 
 from trainers.config import make_config
 from trainers.models import build_model
-from trainers.optim import build_optimizer, build_scheduler, param_groups, rescaled_lr_momentum
+from trainers.optim import build_optimizer, build_scheduler, param_groups
+from trainers.recipe import rescaled_lr_momentum
 
 
 def test_rescaling_is_identity_at_base_batch():

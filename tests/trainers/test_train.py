@@ -41,7 +41,9 @@ def test_reports_exact_keys_once_per_epoch(three_epochs):
         assert all(math.isfinite(v) for v in metrics.values())
         assert 0 <= metrics["val_acc1"] <= metrics["val_acc5"] <= 100
         assert metrics["images_per_s"] > 0 and metrics["epoch_time_s"] > 0
-    assert len(lines) == 3 and lines[0].startswith("epoch 1 ")
+    # first what batch 64 makes of the recipe's lr and momentum, then one line per epoch
+    assert lines[0].startswith("batch size 64: effective lr 0.02566 (lr 0.1) and momentum")
+    assert len(lines) == 4 and lines[1].startswith("epoch 1 ")
     assert outcome.status == "completed" and outcome.epochs_done == 3
     best = max(reports, key=lambda r: r[0]["val_acc1"])[0]
     assert outcome.best_val_acc1 == best["val_acc1"]
@@ -153,13 +155,15 @@ def test_progress_bar_and_print_freq_lines(tiny_cifar, tmp_path):
     lines: list[str] = []
     train(tiny_cifar(epochs=1), model_dir=tmp_path, progress=False, print_freq=2,
           log=lines.append)
-    # 256 images / batch 64 = 4 batches: lines at batches 2 and 4, then the summary
-    assert [line.split(" [")[1][:3] for line in lines[:2]] == ["2/4", "4/4"]
-    assert lines[2].startswith("epoch 1 lr")
+    # 256 images / batch 64 = 4 batches: lines at batches 2 and 4, then the summary (after
+    # the line on the effective lr and momentum)
+    assert lines[0].startswith("batch size 64: effective lr")
+    assert [line.split(" [")[1][:3] for line in lines[1:3]] == ["2/4", "4/4"]
+    assert lines[3].startswith("epoch 1 lr")
     lines.clear()
     train(tiny_cifar(epochs=1), model_dir=tmp_path / "p", progress=True, print_freq=2,
           log=lines.append)
-    assert len(lines) == 1   # the live bar replaces the per-batch lines
+    assert len(lines) == 2   # the live bar replaces the per-batch lines
 
 
 def test_resume_with_another_recipe_says_the_checkpoint_wins(three_epochs, tmp_path):
@@ -167,7 +171,10 @@ def test_resume_with_another_recipe_says_the_checkpoint_wins(three_epochs, tmp_p
     lines: list[str] = []
     train(config.replace(lr=0.5, epochs=4), model_dir=tmp_path, progress=False, print_freq=0,
           resume=model_dir / "checkpoint.pth.tar", log=lines.append)
-    assert "checkpoint's lr" in lines[0]
+    # the effective lr is the checkpoint's (0.1 at batch 64), not 0.5's, then why
+    assert lines[0].startswith("batch size 64: effective lr 0.02566 (lr 0.1)")
+    assert "checkpoint's lr" in lines[1]
+    assert lines[2] == "resumed from epoch 3's checkpoint: training epoch 4 of 4"
     df = pd.read_parquet(tmp_path / "metrics.parquet")
     saved_lr = pd.read_parquet(model_dir / "metrics.parquet").lr.iloc[-1]
     assert df.epoch.tolist() == [4] and df.lr.tolist() == [saved_lr]
