@@ -23,6 +23,8 @@ def two_node_cluster(ray_exclusive):
     cluster.shutdown()
 
 
+# about 35 s on 2 cores (a simulated two-node cluster of its own)
+@pytest.mark.slow
 def test_fractional_gpu_trials_share_gpus_across_two_nodes(two_node_cluster, tmp_path):
     half = {"cpu": 0.5, "gpu": 0.5}
     trials = [tiny_trial(tmp_path / "data", norm, seed=seed, epochs=2, resources=half)

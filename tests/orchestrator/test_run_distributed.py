@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pandas as pd
+import pytest
 from orch_helpers import driver, kill_tree, tiny_yaml
 
 from orchestrator.execute.store import read_state
@@ -32,6 +33,8 @@ dist:
 LOSS_RTOL = 1e-4
 
 
+# about 150 s on 2 cores (two drivers, a Ray Train run of two workers and one of one)
+@pytest.mark.slow
 def test_two_workers_match_one_process_and_resume_after_the_driver_is_killed(
         ray_exclusive, tmp_path):
     config = tiny_yaml(tmp_path / "e.yaml", GRID)

@@ -41,6 +41,8 @@ def metrics(model_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(model_dir / "metrics.parquet").drop(columns=TIMING)
 
 
+# about 60 s on 2 cores (three torchrun launches)
+@pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.exists(),
                     reason="torchrun is not installed")
 def test_torchrun_two_processes_write_one_process_metrics_and_resume_exactly(
