@@ -266,3 +266,44 @@ def test_a_synchronized_layer_runs_the_function_its_impl_picks(monkeypatch):
     for impl in ("auto", "eager", "triton"):
         norms.OnlineNorm2d(3, impl=impl)(x)
     assert calls == [("eager", "chain"), ("eager", "chain"), ("triton", "chain")]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_the_cpu_sync_batch_norm_in_float32_matches_float64(offset, tmp_path):
+    # The CPU SyncBatchNorm2d passes over float32 activations in float32 and combines the
+    # ranks' statistics in float64 (var_mean per rank, then the spread of the means): on
+    # activations whose mean is 1000 standard deviations away (where E[x^2] - mean^2 in
+    # float32 would lose every digit) it matches a float64 batch norm of the same float32
+    # input to float32's own precision at that offset. One gloo rank runs the function.
+    from norms.sync import _SyncBatchNormFunction
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0,
+                            world_size=1)
+    try:
+        torch.manual_seed(0)
+        x = (torch.randn(8, 4, 5, 5) * 2 + offset).requires_grad_()
+        weight = torch.rand(4, requires_grad=True)
+        bias = torch.randn(4, requires_grad=True)
+        running = torch.zeros(4), torch.ones(4)
+        out = _SyncBatchNormFunction.apply(x, weight, bias, *running, 1e-5, 0.1, None)
+        dy = torch.randn_like(out)
+        out.backward(dy)
+
+        x64 = x.detach().double().requires_grad_()
+        w64 = weight.detach().double().requires_grad_()
+        b64 = bias.detach().double().requires_grad_()
+        ref_running = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+        ref = nn.functional.batch_norm(x64, *ref_running, w64, b64, training=True,
+                                       momentum=0.1, eps=1e-5)
+        ref.backward(dy.double())
+    finally:
+        dist.destroy_process_group()
+    # float32 rounds x itself by ~6e-8 * |x|: that, relative to the unit spread, is the floor
+    tol = 1e-5 + 2e-7 * offset
+    assert out.dtype == x.grad.dtype == torch.float32
+    assert (out.double() - ref).abs().max() < tol
+    assert (x.grad.double() - x64.grad).abs().max() < tol
+    assert torch.allclose(weight.grad.double(), w64.grad, rtol=1e-5, atol=tol)
+    assert torch.allclose(bias.grad.double(), b64.grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(running[0].double(), ref_running[0], rtol=1e-6, atol=1e-6)
+    assert torch.allclose(running[1].double(), ref_running[1], rtol=1e-5)
