@@ -33,7 +33,7 @@ cuda_tests() {  # the CUDA cases in parallel groups, each logged to $out/tests-G
     for group in "${groups[@]}"; do
         names+=("${group%%:*}")
         # shellcheck disable=SC2086  # the file list splits on purpose
-        $py -m pytest -q -rs -p no:cacheprovider ${group#*:} -k cuda \
+        $py -m pytest -q -rs -p no:cacheprovider -m "slow or not slow" ${group#*:} -k cuda \
             >"$out/tests-${group%%:*}.log" 2>&1 &
         pids+=($!)
     done

@@ -193,6 +193,11 @@ def error_text(trial) -> str:
     message = lines[-1] if lines else "trial failed"
     if len(message) > 300:
         message = message[:300].rsplit(" ", 1)[0] + " ..."
+    # error_file is Ray's driver staging copy (under /tmp/ray, gone with the session); the
+    # one to name is the copy Tune syncs into the experiment's ray/ folder
+    name = getattr(trial.run_metadata, "error_filename", None)
+    if getattr(trial, "path", None) and name:
+        path = Path(trial.path, name).as_posix()
     return f"{message} (traceback: {path})"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import struct
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -54,6 +55,12 @@ def first_run(tmp_path_factory, ray_module):
     metrics = pd.read_parquet(summary.layout.metrics)
     assert sorted(zip(metrics.trial_id, metrics.epoch)) == sorted(
         [(done.trial_id, 1), (done.trial_id, 2), (partial.trial_id, 1), (partial.trial_id, 2)])
+    # the failure names the traceback kept in the experiment's ray/ folder, not Ray's staging
+    # copy under /tmp/ray that goes with the session
+    error = pd.read_parquet(summary.layout.trials).set_index("trial_id").loc[
+        partial.trial_id, "error"]
+    traceback = Path(error.rsplit("(traceback: ", 1)[1].rstrip(")"))
+    assert traceback.is_relative_to(summary.layout.ray) and traceback.is_file(), error
     return root, config, done, partial
 
 

@@ -35,6 +35,9 @@ tiny-tune:
 """
 
 
+# about 45 s on 2 cores: -m slow (test_optuna_search_runs_its_budget... runs a search end to end
+# in the default run, and the tables of stopped trials are tested from fixtures)
+@pytest.mark.slow
 def test_tune_with_asha_stops_some_trials_and_ranks_every_configuration(
         tmp_path, ray_session, capsys):
     config = tmp_path / "experiments.yaml"

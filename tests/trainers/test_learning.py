@@ -39,9 +39,9 @@ def test_cifar10_resnet8_beats_chance(norm, device, cifar10_dir, tmp_path):
     assert outcome.best_val_acc1 >= 30.0     # chance: 10%
 
 
-# online in the default run, the others (about 12 s each) with -m slow
-@pytest.mark.parametrize("norm", ["online", *(pytest.param(n, marks=pytest.mark.slow) for n in
-                                              ("batch", "group", "layer", "none", "instance"))])
+# about 12 s each: -m slow (the default run trains ImageNet folders in test_cli_train.py)
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["batch", "group", "layer", "online", "none", "instance"])
 def test_imagenet_resnet18_beats_chance(norm, imagenet_dir, imagenet64_dir, tmp_path):
     # at 32 pixels ResNet-18's last stage is 1x1, where instance norm outputs only its bias
     root, size, lr = (imagenet64_dir, 64, 0.4) if norm == "instance" else (imagenet_dir, 32, 0.1)
