@@ -48,7 +48,7 @@ def connect(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    quiet_token_notice()
+    quiet_ray_notices()
     address = address or os.environ.get("RAY_ADDRESS") or None
     common = dict(namespace=STORE_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     if address:
@@ -63,18 +63,37 @@ def connect(address: str | None) -> bool:
     return True
 
 
-class _TokenNotice(logging.Filter):
+class _LeftOut(logging.Filter):
+    """Drops a logger's records whose message starts with one of `prefixes`."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled")
+        return not record.getMessage().startswith(self.prefixes)
 
 
-def quiet_token_notice() -> None:
-    """Leave out Ray's notice that it turned token authentication on (on every run: Ray now
-    does by default, and DESIGN.md requires it), and nothing else: its warning that a
-    cluster runs *without* a token still shows."""
-    logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    if not any(isinstance(f, _TokenNotice) for f in logger.filters):
-        logger.addFilter(_TokenNotice())
+# What Ray and Tune log that onorm says better, or that would mislead: per logger, the
+# messages left out (everything else they log still shows).
+LEFT_OUT = {
+    # Ray now turns token authentication on by default (DESIGN.md requires it) and says so
+    # on every run; its warning that a cluster runs *without* a token still shows.
+    "ray._private.authentication.authentication_token_setup": (
+        "Token authentication is enabled",),
+    # After a Ctrl-C, Tune points to Tuner.restore(...): onorm resumes by the same command,
+    # and prints that; a failed trial is in onorm's own summary, not Tune's list of them.
+    "ray.tune.tune": ("Experiment has been interrupted", "Training has been interrupted",
+                      "Trials did not complete"),
+}
+
+
+def quiet_ray_notices() -> None:
+    """Install the LEFT_OUT filters (once per logger)."""
+    for name, prefixes in LEFT_OUT.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _LeftOut) for f in logger.filters):
+            logger.addFilter(_LeftOut(*prefixes))
 
 
 def check_resources(trials: list[TrialSpec]) -> None:
