@@ -7,6 +7,8 @@ No torch or ray at import time: the dry runs stay instant.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.layout import ExperimentLayout
@@ -88,6 +90,28 @@ def load_launch(args: argparse.Namespace, kind: str):
                         f"run it with `onorm {command} {experiment.name}`")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
     return experiment, data_dir, Path(args.results).expanduser().resolve(), config
+
+
+def checked_trials(experiment, planned: list, args: argparse.Namespace,
+                   show_plan: Callable[[list], None]) -> tuple[list, list[str]] | None:
+    """What `onorm run` and `onorm tune` do between planning and Ray: narrow the planned
+    trials by --only, then either show them (--dry-run: returns None) or make every check that
+    can be made before Ray and prepare the data. Returns (trials, --log trackers)."""
+    trials = narrow(experiment, planned, args)
+    problem = check_data(experiment, trials)
+    if args.dry_run:
+        show_plan(trials)
+        print_changes(experiment, len(planned), len(trials), args)
+        print_recipe_notes(trials)
+        if problem:
+            print(f"warning: {problem}", file=sys.stderr)
+        return None
+    print_recipe_notes(trials)
+    log = check_trackers(args)
+    check_devices(experiment, trials, args.address)
+    check_plugins(experiment, trials)
+    prepare_data(experiment, trials, problem)
+    return trials, log
 
 
 def narrow(experiment, trials, args: argparse.Namespace) -> list:

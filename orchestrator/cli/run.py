@@ -10,16 +10,9 @@ import sys
 
 from orchestrator.cli.launch import (
     add_launch_arguments,
-    check_data,
-    check_devices,
-    check_plugins,
-    check_trackers,
+    checked_trials,
     failed_hint,
     load_launch,
-    narrow,
-    prepare_data,
-    print_changes,
-    print_recipe_notes,
     write_resolved,
 )
 from orchestrator.layout import ExperimentLayout
@@ -40,22 +33,16 @@ def run_command(args: argparse.Namespace) -> int:
 
     experiment, data_dir, results_root, config = load_launch(args, "grid")
     planned = expand(experiment, data_dir=data_dir, cpu_only=args.cpu_only)
-    trials = narrow(experiment, planned, args)
-    problem = check_data(experiment, trials)
-    if args.dry_run:
+
+    def show_plan(trials):
         from orchestrator.cli.dry_run import print_plan
 
         print_plan(experiment, trials, results_root)
-        print_changes(experiment, len(planned), len(trials), args)
-        print_recipe_notes(trials)
-        if problem:
-            print(f"warning: {problem}", file=sys.stderr)
+
+    checked = checked_trials(experiment, planned, args, show_plan)
+    if checked is None:
         return 0
-    log = check_trackers(args)
-    print_recipe_notes(trials)
-    check_devices(experiment, trials, args.address)
-    check_plugins(experiment, trials)
-    prepare_data(experiment, trials, problem)
+    trials, log = checked
     from orchestrator.execute.runner import run_trials
 
     summary = run_trials(

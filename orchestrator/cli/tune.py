@@ -13,15 +13,9 @@ from pathlib import Path
 
 from orchestrator.cli.launch import (
     add_launch_arguments,
-    check_data,
-    check_devices,
-    check_trackers,
+    checked_trials,
     failed_hint,
     load_launch,
-    narrow,
-    prepare_data,
-    print_changes,
-    print_recipe_notes,
     write_resolved,
 )
 from orchestrator.layout import SEARCH_DONE_STATUSES, ExperimentLayout
@@ -48,31 +42,26 @@ def tune_command(args: argparse.Namespace) -> int:
                         "listed before the search runs, and searcher optuna proposes them as "
                         "results arrive: use searcher grid or random, or drop --only")
     known = points if points is not None else [{"afwd": 0.5, "abkw": 0.5}]  # Optuna: data check
-    planned_trials = point_trials(experiment, known, data_dir=data_dir, cpu_only=args.cpu_only)
-    trials = narrow(experiment, planned_trials, args)
-    problem = check_data(experiment, trials)
-    if args.dry_run:
-        print_plan(experiment, trials if points is not None else [], results_root)
-        print_changes(experiment, len(planned_trials), len(trials), args)
-        print_recipe_notes(trials)
-        if problem:
-            print(f"warning: {problem}", file=sys.stderr)
-        return 0
-    print_recipe_notes(trials)
-    if points is None:
+    planned = point_trials(experiment, known, data_dir=data_dir, cpu_only=args.cpu_only)
+    if points is None and not args.dry_run:
         from orchestrator.execute.search import import_optuna
 
         import_optuna()   # a missing optional package is reported before anything starts
-    log = check_trackers(args)
-    check_devices(experiment, trials, args.address)
-    prepare_data(experiment, trials, problem)
-    planned = trials if points is not None else []
+
+    def show_plan(trials):   # Optuna's points are proposed as it runs: none to list yet
+        print_plan(experiment, trials if points is not None else [], results_root)
+
+    checked = checked_trials(experiment, planned, args, show_plan)
+    if checked is None:
+        return 0
+    trials, log = checked
+    recorded = trials if points is not None else []
     chosen = {t.trial_id for t in trials}
     options = dict(address=args.address, data_dir=data_dir, cpu_only=args.cpu_only,
                    max_concurrent=args.max_concurrent or experiment.max_concurrent, log=log,
                    select=(lambda specs: [t for t in specs if t.trial_id in chosen])
                    if args.only else None,
-                   on_start=lambda: write_resolved(experiment, planned, results_root, config,
+                   on_start=lambda: write_resolved(experiment, recorded, results_root, config,
                                                    args.only))
     from orchestrator.execute.search import run_optuna, run_points, search_setting
 
