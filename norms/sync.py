@@ -67,9 +67,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                 bias: torch.Tensor | None, running_mean: torch.Tensor,
                 running_var: torch.Tensor, eps: float, momentum: float, group: Any
                 ) -> torch.Tensor:
-        scratch = torch.zeros_like(running_mean, dtype=x.dtype), \
-            torch.ones_like(running_var, dtype=x.dtype)
-        mean_local, var_local = torch.batch_norm_update_stats(x, *scratch, 0.0)
+        # this rank's mean and biased variance (no running statistics: those need the global)
+        mean_local, var_local = torch.batch_norm_update_stats(x, None, None, 0.0)
         n = float(x[:, 0].numel())
         mean_local, var_local = mean_local.double(), var_local.double()
         local = torch.stack([torch.full_like(mean_local, n), n * mean_local, n * var_local,
