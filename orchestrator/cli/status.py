@@ -90,8 +90,8 @@ def experiment_status(layout: ExperimentLayout, now: float) -> ExperimentStatus:
     planned = [t for t in resolved.get("trials") or [] if isinstance(t, dict)]
     plan = {t["trial_id"]: t for t in planned if isinstance(t.get("trial_id"), str)}
     ids = list(plan) or list(rows) or stored_ids(layout)
-    trials = [trial_progress(layout, trial_id, rows.get(trial_id, {}),
-                             metrics.get(trial_id, []), plan.get(trial_id), holder is not None)
+    trials = [watched_trial(layout, trial_id, rows.get(trial_id, {}),
+                            metrics.get(trial_id, []), plan.get(trial_id), holder is not None)
               for trial_id in ids]
     trials = [t for t in trials if t is not None]
     others = len(set(rows) - set(ids))
@@ -123,8 +123,8 @@ def stored_ids(layout: ExperimentLayout) -> list[str]:
     return CheckpointStore(layout.store).trial_ids()
 
 
-def trial_progress(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
-                   metrics: list[dict], payload: dict | None, live: bool):
+def watched_trial(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
+                  metrics: list[dict], payload: dict | None, live: bool):
     """One trial's progress from its row, its metrics and its store (the store is ahead of
     the Parquet files by the epoch in flight); None for a trial nothing describes."""
     from norms.modes import options_of
