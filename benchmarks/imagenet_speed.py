@@ -2,8 +2,9 @@
 (`python -m benchmarks.data_speed --imagenet`).
 
 All read the same synthetic ImageNet folder of 500x375 JPEGs (ImageNet's typical size) at
-224-pixel crops, batch 32, 2 workers by default; epochs alternate between the loaders so
-that load from other processes hits all of them alike, and the median epoch is reported.
+224-pixel crops, batch 32, 2 workers by default; epochs alternate between the loaders (in a
+rotating order) so that load from other processes hits all of them alike, and the median
+epoch is reported.
 - today: benchmarks/imagenet_reference.py, the loader before issue 21 (float32 out of the
   workers, new worker processes every epoch);
 - pil: the default decoder (uint8 out of persistent workers, normalized on the device);
@@ -77,9 +78,12 @@ def run(images: int, batch: int, workers: int, epochs: int, device) -> dict[str,
         for go in runs.values():
             go()                                  # warm-up: workers start, files cached
         rates: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(epochs):
-            for name, go in runs.items():
-                rates[name].append(go())
+        names = list(runs)
+        for round_ in range(epochs):
+            # each round starts with the next loader, so none always follows the same one
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                time.sleep(0.2)                   # let the previous loader's threads settle
+                rates[name].append(runs[name]())
     return {name: statistics.median(r) for name, r in rates.items()}
 
 

@@ -70,16 +70,29 @@ def apply_plans(images: list[torch.Tensor], plans: torch.Tensor, size: int) -> t
     return torch.stack(out)
 
 
+def payloads(batch: dict) -> list[torch.Tensor]:
+    """Each image's payload of a collated batch (imagenet_items.collate_encoded): a 1-d view
+    of its file bytes, or the 3-d pixels a worker decoded."""
+    out, start = [], 0
+    for i, n in enumerate(batch["lengths"].tolist()):
+        if n < 0:
+            out.append(batch["pixels"][i])
+        else:
+            out.append(batch["bytes"][start:start + n])
+            start += n
+    return out
+
+
 def decode_batch(batch: dict, size: int, device: torch.device) -> torch.Tensor:
     """A collated batch of EncodedItems -> (B, 3, size, size) float32 [0, 255] on `device`.
     Files the workers decoded (3-d payloads) skip nvJPEG."""
-    payloads = batch["payloads"]
-    encoded = [i for i, p in enumerate(payloads) if p.dim() == 1]
-    images: list[torch.Tensor | None] = [None] * len(payloads)
+    items = payloads(batch)
+    encoded = [i for i, p in enumerate(items) if p.dim() == 1]
+    images: list[torch.Tensor | None] = [None] * len(items)
     if encoded:
-        for i, image in zip(encoded, decode_jpegs([payloads[i] for i in encoded], device)):
+        for i, image in zip(encoded, decode_jpegs([items[i] for i in encoded], device)):
             images[i] = image
-    for i, p in enumerate(payloads):
+    for i, p in enumerate(items):
         if p.dim() == 3:
             images[i] = p.to(device, non_blocking=True)
     return apply_plans(images, batch["plans"], size)
