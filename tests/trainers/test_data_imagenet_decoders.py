@@ -107,6 +107,12 @@ def test_workers_persist_and_an_abandoned_epoch_does_not_leak(folder):
     _assert_same(data.train_batches(1), today.train_batches(1))
     _assert_same(data.val_batches(), today.val_batches())
     assert [w.pid for w in data.loader()._iterator._workers] == pids and len(pids) == 2
+    # a pass abandoned for another fails loudly rather than yield the other's batches
+    first, second = data.train_batches(0), data.train_batches(1)
+    next(first)
+    next(second)
+    with pytest.raises(RuntimeError, match="one pass at a time"):
+        next(first)
 
 
 def _reference_plans(folder, keys) -> list[list[int]]:

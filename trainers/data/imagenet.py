@@ -120,6 +120,7 @@ class ImageFolderData(DataBundle):
         self.val_images = len(val)
         self.sampler = EpochItems()
         self._loader: DataLoader | None = None
+        self._passes = 0
 
     @classmethod
     def from_config(cls, config, device: torch.device,
@@ -149,7 +150,13 @@ class ImageFolderData(DataBundle):
 
     def _batches(self, keys: list[tuple]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.items = keys
+        self._passes += 1
+        mine = self._passes
         for batch in self.loader():
+            if self._passes != mine:
+                # the one loader moved on to a newer pass: its batches are not ours
+                raise RuntimeError("ImageFolderData serves one pass at a time: finish or drop "
+                                   "a train_batches/val_batches iterator before starting another")
             if self.decoder == "gpu":
                 pixels = decode_batch(batch, self.input_size, self.device)
                 labels = batch["labels"]
