@@ -57,6 +57,12 @@ def test_onorm_run_refuses_the_gpu_decoder_before_ray(tmp_path, capsys, no_cuda_
 
     experiment = load_experiments(path)["tiny"]
     check_devices(experiment, expand(experiment), address="head:6379")
+    # --cpu-only moves trials off the GPU: it cannot keep a gpu decoder's trial
+    assert main(["run", "tiny", "--config", str(path), "--results", str(tmp_path / "r"),
+                 "--cpu-only", "--address", "head:6379"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("experiment 'tiny': --cpu-only, but image_decoder gpu "
+                                     "decodes on a CUDA device: drop --cpu-only") in err, err
 
 
 def test_onorm_train_refuses_the_gpu_decoder_before_training(tmp_path, capsys,
