@@ -4,7 +4,7 @@
 # projected GPU-hours of the grids), the data benchmark, and `onorm train` on the GPU with
 # every speed option and a resume. Logs go to $OUT (or ./cuda_checks).
 # Usage: bash benchmarks/cuda_checks.sh
-# The step limits add up to 420 s, so the whole run stays under 8 minutes of device time; a
+# The step limits add up to 510 s, so the whole run stays under 9 minutes of device time; a
 # step cut short by its limit logs exit 124.
 set -u
 out=${OUT:-cuda_checks}
@@ -48,6 +48,7 @@ $py -c "import torch, torchvision; print('torch', torch.__version__, 'torchvisio
 step tests 150 bash -c "$(declare -f cuda_tests); out='$out' py='$py' cuda_tests"
 step gpu_speed 190 $py -m benchmarks.gpu_speed
 step data_speed 20 $py -m benchmarks.data_speed --device cuda --quick
+step data_speed_imagenet 90 $py -m benchmarks.data_speed --imagenet --device cuda --quick
 data=$(mktemp -d)
 $py -c "from trainers.data.synthetic import write_synthetic_cifar as w; w('$data', classes=10, n_train=2048, n_test=512, seed=0)"
 fast="--channels-last --cuda-graph --amp"

@@ -92,6 +92,7 @@ Dataset = Literal[DATASETS]
 EcmMode = Literal[ECM_MODES]
 NormWeightDecay = Literal[NORM_WD_MODES]
 AmpDtype = Literal["bfloat16", "float16"]
+ImageDecoder = Literal["pil", "gpu"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,11 @@ class TrialConfig:
                                            "many pixels instead of 224", low=0,
                                         high=MAX_IMAGE_SIZE,
                                         hint="(0: the real 224-pixel crops)")
+    # pil: the seed scripts' pixels. gpu decodes with nvJPEG and resizes on the device: its
+    # pixels differ slightly, so it is part of the recipe (docs/imagenet.md).
+    image_decoder: ImageDecoder = setting("pil", "ImageNet JPEG decoding: pil (CPU workers) "
+                                                 "or gpu (nvJPEG and resizes on the CUDA "
+                                                 "device)")
     # auto picks CUDA when present: where a trial runs, not what it computes.
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", launch_only=True)
     # float32 is the paper's precision; mixed precision changes what a trial computes, so it
@@ -462,3 +468,7 @@ def validate(c: TrialConfig) -> None:
                               "ResNet, sized by depth)", "arch")
         check_cifar_depth(c.depth)
     check_group_count(c)
+    if c.image_decoder != "pil" and (c.dataset != "imagenet" or c.device == "cpu"):
+        why = "only ImageNet decodes JPEGs" if c.dataset != "imagenet" else "device is cpu"
+        raise ConfigError(f"image_decoder {c.image_decoder!r} needs ImageNet on a CUDA device "
+                          f"({why}): use image_decoder pil", "image_decoder")

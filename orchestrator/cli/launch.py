@@ -144,7 +144,8 @@ def check_devices(experiment, trials, address: str | None) -> None:
     """Trials pinned to a CUDA device need it on this machine when Ray runs here (no
     --address or RAY_ADDRESS). On a cluster the driver may have no GPU at all while the
     workers do, so there the trial's own node decides, and one without the device fails the
-    trial at once with the reason (a UserError is never retried)."""
+    trial at once with the reason (a UserError is never retried). The same for
+    image_decoder gpu, which needs CUDA wherever the trial runs."""
     import os
 
     from orchestrator.plan.experiments import setting_key_path
@@ -153,9 +154,16 @@ def check_devices(experiment, trials, address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         return
     pinned = sorted({t.config.device for t in trials if t.config.device.startswith("cuda")})
-    if not pinned:
+    nvjpeg = [t.config for t in trials if t.config.image_decoder == "gpu"]
+    if not pinned and not nvjpeg:
         return
     import torch
+
+    if nvjpeg and not torch.cuda.is_available():
+        key = setting_key_path(experiment, "image_decoder", "gpu")
+        raise UserError(f"{where(experiment.name, key)}: 'gpu' decodes JPEGs with nvJPEG on a "
+                        "CUDA device, and this machine has none: use image_decoder pil, or "
+                        "--address to run on a cluster whose nodes have CUDA")
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for device in pinned:

@@ -52,6 +52,9 @@ def make_trial(config: TrialConfig, resources: dict[str, float],
                         f"resources.workers {workers}: the global batch must be a multiple "
                         f"of the worker count")
     if cpu_only:
+        if config.image_decoder == "gpu":
+            raise UserError("--cpu-only, but image_decoder gpu decodes on a CUDA device: drop "
+                            "--cpu-only, or use image_decoder pil")
         resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0, "workers": workers}
         if config.device.startswith("cuda"):
             config = config.replace(device="cpu")

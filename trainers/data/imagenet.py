@@ -1,96 +1,78 @@
-"""ImageNet as DIR/train and DIR/val ImageFolders, decoded and augmented by DataLoader workers.
+"""ImageNet as DIR/train and DIR/val ImageFolders: DataLoader workers read (and with the
+pil decoder decode and augment) each image, the training device finishes each batch.
 
 Reproducibility: the shuffle order comes from the epoch's generator, and each training image
-draws its crop and flip from its own generator seeded by (epoch seed, image index). So the
-batches of an epoch depend only on (seed, epoch), not on the number of workers nor on which
-worker decoded what, and no process touches the global RNG.
+draws its crop and flip from its own generator seeded by (epoch seed, image index)
+(trainers/data/imagenet_items.py). So the batches of an epoch depend only on (seed, epoch),
+not on the number of workers, the rank split or which worker read what, for either decoder,
+and no process touches the global RNG.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from trainers.data.bundle import DataBundle, epoch_seed
+from trainers.data.device_decode import decode_batch
+from trainers.data.imagenet_items import (
+    EncodedItems,
+    EpochItems,
+    PilItems,
+    collate_encoded,
+    random_resized_box,
+)
 from trainers.distributed import Ranks
 from trainers.errors import UserError
 
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderData", "random_resized_box"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CROP_SCALE = (0.08, 1.0)            # Inception-style crop area range, as torchvision's default
-CROP_RATIO = (3 / 4, 4 / 3)
+# Batches each worker keeps ready ahead of the trainer (DataLoader's default is 2): uint8
+# batches are small, and a deeper queue rides out slow files.
+PREFETCH = 4
 
 
-def random_resized_box(width: int, height: int,
-                       generator: torch.Generator) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of a random crop of 8-100% area and aspect in [3/4, 4/3].
+class _Normalize:
+    """uint8 or [0, 255] float pixels -> (x / 255 - mean) / std on the device, in the order
+    and float32 precision of torchvision's ToTensor + Normalize, so that the pil decoder's
+    batches are bit-identical to the per-image float pipeline the workers used to run."""
 
-    Ten tries at a random area and log-uniform aspect; when none fits, the largest central
-    crop whose aspect is within range.
-    """
-    area = width * height
-    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
-    for _ in range(10):
-        u = torch.rand(2, generator=generator).tolist()
-        target = area * (CROP_SCALE[0] + u[0] * (CROP_SCALE[1] - CROP_SCALE[0]))
-        aspect = math.exp(log_lo + u[1] * (log_hi - log_lo))
-        w = round(math.sqrt(target * aspect))
-        h = round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
-            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
-            return top, left, h, w
-    aspect = width / height
-    if aspect < CROP_RATIO[0]:
-        w, h = width, round(width / CROP_RATIO[0])
-    elif aspect > CROP_RATIO[1]:
-        h, w = height, round(height * CROP_RATIO[1])
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    def __init__(self, device: torch.device) -> None:
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        # A tensor, not the number 255: CUDA multiplies by the reciprocal of a scalar
+        # divisor, which can differ from the CPU's true division in the last bit.
+        self.full = torch.full((1, 1, 1, 1), 255.0, device=device)
 
-
-def _to_normalized_tensor():
-    from torchvision import transforms as T
-    return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.device.type != "cpu":
+            return pixels.float().div_(self.full).sub_(self.mean).div_(self.std)
+        # On the CPU in numpy (the same IEEE float32 ops, so the same bits), one image at a
+        # time: numpy never starts intra-op threads, which here would spin on the cores the
+        # loader workers need (measured: the loader ran at half speed), and one image's
+        # float copy stays in cache through the three passes.
+        out = torch.empty(pixels.shape, dtype=torch.float32)
+        full = np.float32(255)
+        mean, std = self.mean[0].numpy(), self.std[0].numpy()
+        for image, target in zip(pixels.numpy(), out.numpy()):
+            np.divide(image, full, out=target, dtype=np.float32)
+            np.subtract(target, mean, out=target)
+            np.divide(target, std, out=target)
+        return out
 
 
-class _TrainView(Dataset):
-    """ImageFolder samples with a per-image seeded RandomResizedCrop + horizontal flip."""
-
-    def __init__(self, folder, size: int) -> None:
-        self.folder = folder
-        self.size = size
-        self.epoch_seed = 0      # set before each epoch's DataLoader copies it into workers
-        self.post = _to_normalized_tensor()
-
-    def __len__(self) -> int:
-        return len(self.folder.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        import torchvision.transforms.functional as TF
-
-        path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
-        generator = torch.Generator().manual_seed(
-            (self.epoch_seed * 2_654_435_761 + index) % (2**63 - 1))
-        top, left, h, w = random_resized_box(image.width, image.height, generator)
-        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
-        if torch.rand(1, generator=generator).item() < 0.5:
-            image = TF.hflip(image)
-        return self.post(image), label
-
-
-def _image_folder(root: Path, split: str, transform=None):
+def _image_folder(root: Path, split: str):
     from torchvision.datasets import ImageFolder
 
     folder = root / split
     try:
-        return ImageFolder(str(folder), transform=transform)
+        return ImageFolder(str(folder))
     except (FileNotFoundError, NotADirectoryError) as err:
         raise UserError(
             f"ImageNet data not found in {root} ({split}: {err}): expected {root}/train/<class>/"
@@ -101,18 +83,20 @@ def _image_folder(root: Path, split: str, transform=None):
 class ImageFolderData(DataBundle):
     """Train/val ImageFolders read by `workers` DataLoader processes, batches moved to device.
 
-    With several ranks, each one's loader decodes only its slice of every global batch and
+    The workers live as long as this object (one pool serves training and validation, one
+    pass at a time) and hand over uint8 pixels (decoder pil) or file bytes (decoder gpu);
+    the device finishes the batch (normalizes; with gpu also decodes, crops and resizes).
+    With several ranks, each one's loader reads only its slice of every global batch and
     its shard of the validation images."""
 
     def __init__(self, root: str | Path, size: int, batch_size: int, seed: int | None,
-                 workers: int, device: torch.device, ranks: Ranks = Ranks()) -> None:
-        from torchvision import transforms as T
-
+                 workers: int, device: torch.device, ranks: Ranks = Ranks(),
+                 decoder: str = "pil") -> None:
+        # decoder gpu runs on any device here (tests run its path on the CPU); trials
+        # without CUDA are refused by from_config.
         root = Path(root)
         train = _image_folder(root, "train")
-        val = _image_folder(root, "val", T.Compose([
-            T.Resize(size * 8 // 7),     # 256 for 224, the usual ImageNet val resize
-            T.CenterCrop(size), _to_normalized_tensor()]))
+        val = _image_folder(root, "val")
         if train.classes != val.classes:
             raise UserError(f"ImageNet data in {root} is malformed: train/ has "
                             f"{len(train.classes)} classes, val/ has {len(val.classes)}; "
@@ -121,49 +105,79 @@ class ImageFolderData(DataBundle):
             raise UserError(f"batch_size {batch_size} is larger than the {len(train)} training "
                             f"images in {root}/train: lower batch_size or add images")
         self.device = torch.device(device)
-        self.train_view = _TrainView(train, size)
-        self.val_set = val
+        self.decoder = decoder
+        items = EncodedItems if decoder == "gpu" else PilItems
+        self.items = items(train, val, size)
+        self.normalize = _Normalize(self.device)
         self.num_classes = len(train.classes)
         self.input_size = size
         self.batch_size = batch_size
         self.seed = seed
         self.workers = workers
         self.ranks = ranks
+        self.n_train = len(train)
         self.train_len = len(train) // batch_size
         self.val_images = len(val)
+        self.sampler = EpochItems()
+        self._loader: DataLoader | None = None
+        self._passes = 0
 
     @classmethod
     def from_config(cls, config, device: torch.device,
                     ranks: Ranks = Ranks()) -> "ImageFolderData":
         size = config.synthetic_image_size if config.synthetic_image_size > 0 else 224
+        if config.image_decoder == "gpu" and torch.device(device).type != "cuda":
+            raise UserError(f"image_decoder gpu decodes with nvJPEG on a CUDA device, but this "
+                            f"trial runs on {torch.device(device).type}: use image_decoder pil "
+                            "(the default), or run it where CUDA is")
         return cls(config.data_dir, size, config.batch_size, config.seed, config.workers,
-                   device, ranks)
+                   device, ranks, config.image_decoder)
 
-    def _loader(self, dataset: Dataset, order: list[int] | None,
-                generator: torch.Generator, drop_last: bool) -> DataLoader:
-        # The loader's own generator only seeds worker processes (our transforms ignore
-        # them); passing it keeps DataLoader from drawing that seed from the global RNG.
-        return DataLoader(dataset, batch_size=self.batch_size // self.ranks.world, sampler=order,
-                          num_workers=self.workers, pin_memory=self.device.type == "cuda",
-                          drop_last=drop_last, generator=generator)
+    def loader(self) -> DataLoader:
+        """The one DataLoader, built on first use; its workers persist across passes."""
+        if self._loader is None:
+            gpu = self.decoder == "gpu"
+            extra = dict(persistent_workers=True, prefetch_factor=PREFETCH) if self.workers else {}
+            # Its generator only seeds worker processes (the items ignore it); passing one
+            # keeps DataLoader from drawing that seed from the global RNG.
+            self._loader = DataLoader(
+                self.items, batch_size=self.batch_size // self.ranks.world,
+                sampler=self.sampler, num_workers=self.workers,
+                pin_memory=self.device.type == "cuda" and not gpu,
+                collate_fn=collate_encoded if gpu else None,
+                generator=torch.Generator().manual_seed(0), **extra)
+        return self._loader
 
-    def _to_device(self, loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in loader:
-            yield (images.to(self.device, non_blocking=True),
-                   labels.to(self.device, non_blocking=True))
+    def _batches(self, keys: list[tuple]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.items = keys
+        self._passes += 1
+        mine = self._passes
+        for batch in self.loader():
+            if self._passes != mine:
+                # the one loader moved on to a newer pass: its batches are not ours
+                raise RuntimeError("ImageFolderData serves one pass at a time: finish or drop "
+                                   "a train_batches/val_batches iterator before starting another")
+            if self.decoder == "gpu":
+                pixels = decode_batch(batch, self.input_size, self.device)
+                labels = batch["labels"]
+            else:
+                pixels, labels = batch
+                pixels = pixels.to(self.device, non_blocking=True)
+            yield self.normalize(pixels), labels.to(self.device, non_blocking=True)
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_keys(self, epoch: int) -> list[tuple]:
+        """This rank's item keys of `epoch`, in batch order."""
         seed = epoch_seed(self.seed, epoch)
         generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self.train_view), generator=generator).tolist()
+        order = torch.randperm(self.n_train, generator=generator).tolist()
         b, mine = self.batch_size, self.ranks.batch_slice(self.batch_size)
         # my slice of each whole global batch (the incomplete last one is dropped)
-        order = [i for start in range(0, self.train_len * b, b)
-                 for i in order[start + mine.start:start + mine.stop]]
-        self.train_view.epoch_seed = seed
-        yield from self._to_device(self._loader(self.train_view, order, generator, True))
+        return [("train", seed, i) for start in range(0, self.train_len * b, b)
+                for i in order[start + mine.start:start + mine.stop]]
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from self._batches(self.train_keys(epoch))
 
     def val_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        generator = torch.Generator().manual_seed(0)
-        shard = list(range(self.val_images))[self.ranks.shard(self.val_images)]
-        yield from self._to_device(self._loader(self.val_set, shard, generator, False))
+        shard = range(self.val_images)[self.ranks.shard(self.val_images)]
+        yield from self._batches([("val", i) for i in shard])

@@ -145,17 +145,22 @@ def write_synthetic_cifar(root: str | Path, classes: int = 10, n_train: int = 50
 
 def write_synthetic_imagenet(root: str | Path, classes: int = 10, n_train_per_class: int = 20,
                              n_val_per_class: int = 5, image_size: int = 64,
-                             seed: int = 0) -> Path:
-    """Write ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG ImageFolders. Returns ROOT."""
+                             seed: int = 0, height: int | None = None) -> Path:
+    """Write ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG ImageFolders of images
+    `image_size` wide and `height` (default: as wide) tall. Returns ROOT."""
+    height = image_size if height is None else height
     _check_counts(classes=classes, train=n_train_per_class, val=n_val_per_class,
-                  image_size=image_size)
+                  image_size=image_size, height=height)
     if classes < 2:
         raise UserError(f"classes must be at least 2, got {classes}")
     from PIL import Image  # only the ImageNet writer needs it
 
     root = Path(root)
     rng = np.random.default_rng(seed)
-    templates = _class_templates(classes, image_size, rng)
+    # ImageNet's photos are mostly 4:3 (500x375): cut such templates from square ones
+    templates = _class_templates(classes, max(image_size, height), rng)[:, :, :height,
+                                                                          :image_size]
+    templates = np.ascontiguousarray(templates)
     wnids = [f"n{10_000_000 + k:08d}" for k in range(classes)]   # ImageNet-like class ids
     for split, per_class in (("train", n_train_per_class), ("val", n_val_per_class)):
         labels = np.repeat(np.arange(classes), per_class)
