@@ -105,14 +105,15 @@ def _read_batch(path: Path, layout: CifarLayout, root: Path) -> tuple[np.ndarray
         data = np.asarray(entry["data"])
         labels = np.asarray(entry[layout.label_key], dtype=np.int64)
     except FileNotFoundError:
-        raise UserError(missing_message(root, layout, f"incomplete ({path.name} missing)"))
+        raise UserError(missing_message(root, layout,
+                                        f"incomplete ({path.name} missing)")) from None
     except ForbiddenGlobal as err:
         raise UserError(f"{layout.title} file {path} is not a CIFAR batch: {err}; replace it "
                         "with the real file or write a synthetic dataset (onorm data "
                         "synth-cifar)") from None
     except Exception as err:   # a damaged pickle can fail in any way (even an import)
         raise UserError(missing_message(
-            root, layout, f"unreadable ({path.name}: {type(err).__name__} {err})"))
+            root, layout, f"unreadable ({path.name}: {type(err).__name__} {err})")) from None
     n = labels.shape[0]
     if data.dtype != np.uint8 or data.shape != (n, 3 * 32 * 32):
         raise UserError(missing_message(

@@ -165,7 +165,7 @@ def write_synthetic_imagenet(root: str | Path, classes: int = 10, n_train_per_cl
     for split, per_class in (("train", n_train_per_class), ("val", n_val_per_class)):
         labels = np.repeat(np.arange(classes), per_class)
         images = _images(labels, templates, rng).transpose(0, 2, 3, 1)   # to HWC for PIL
-        for k, wnid in enumerate(wnids):
+        for wnid in wnids:
             (root / split / wnid).mkdir(parents=True, exist_ok=True)
         for i, (label, image) in enumerate(zip(labels, images)):
             path = root / split / wnids[label] / f"{wnids[label]}_{i:06d}.JPEG"
