@@ -107,11 +107,24 @@ def checked_trials(experiment, planned: list, args: argparse.Namespace,
             print(f"warning: {problem}", file=sys.stderr)
         return None
     print_recipe_notes(trials)
+    check_cluster(experiment, trials, args)
     log = check_trackers(args)
     check_devices(experiment, trials, args.address)
     check_plugins(experiment, trials)
     prepare_data(experiment, trials, problem)
     return trials, log
+
+
+def check_cluster(experiment, trials, args: argparse.Namespace) -> None:
+    """An address a driver cannot join, or folders inside a Ray job's temporary working
+    folder: refused before Ray starts (cli/cluster.py). From here on SIGTERM stops the run
+    as Ctrl-C does."""
+    from orchestrator.cli.cluster import check_address, check_job_paths
+    from orchestrator.execute.sigterm import take_sigterm_as_ctrl_c
+
+    check_address(args.address, args.command, experiment.name)
+    check_job_paths({"--results": args.results, "data_dir": trials[0].config.data_dir})
+    take_sigterm_as_ctrl_c()
 
 
 def narrow(experiment, trials, args: argparse.Namespace) -> list:

@@ -23,6 +23,7 @@ from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.provenance import provenance
 from orchestrator.execute.recorder import Recorder
+from orchestrator.execute.sigterm import take_sigterm_as_ctrl_c
 from orchestrator.execute.trackers import Trackers
 from orchestrator.execute.trainable import STORE_NAMESPACE
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
@@ -55,11 +56,16 @@ def connect(address: str | None) -> bool:
         try:
             ray.init(address=address, **common)
         except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(f"cannot join the Ray cluster at {address!r} ({err}); check the "
-                            "address, or leave out --address/RAY_ADDRESS to run locally") from None
-        return True
-    # "local" always starts a new Ray: never attach to some other local cluster by accident.
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+            reason = " ".join(str(err).split())[:300]
+            raise UserError(f"cannot join the Ray cluster at {address!r} as a node ({reason}): "
+                            "onorm's driver must run on a node of the cluster: submit it from "
+                            "here with `ray job submit --address http://HEAD:8265 -- onorm ...`"
+                            " (docs/cluster.md), or leave out --address/RAY_ADDRESS to run "
+                            "locally") from None
+    else:
+        # "local" always starts a new Ray: never attach to another local cluster by accident
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+    take_sigterm_as_ctrl_c()   # ray.init installed its own SIGTERM handler, which exits at once
     return True
 
 
