@@ -21,6 +21,7 @@ from typing import Any, Callable
 from orchestrator.execute.distributed_trial import COORDINATOR
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
+from orchestrator.execute.preflight import check_nodes
 from orchestrator.execute.provenance import provenance
 from orchestrator.execute.recorder import Recorder
 from orchestrator.execute.sigterm import take_sigterm_as_ctrl_c
@@ -287,6 +288,8 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
         started_ray = connect(address)
         try:
             check_resources(pending)
+            if address or os.environ.get("RAY_ADDRESS"):
+                check_nodes(pending, say=say)   # a joined cluster: every node's data and code
             if on_start is not None:
                 on_start()
             recorder.write(metrics=True)
