@@ -128,8 +128,8 @@ def data_needs(trials) -> tuple:
                          for t in trials}, key=repr))
 
 
-def trial_bundle(resources: dict[str, Any]) -> dict[str, float]:
-    """What one trial (or one worker of a multi-worker trial) needs of a single node."""
+def host_bundle(resources: dict[str, Any]) -> dict[str, float]:
+    """What one trial (or one worker of a multi-worker trial) needs of a node to run there."""
     need = {"CPU": float(resources["cpu"]), "GPU": float(resources["gpu"])}
     if int(resources.get("workers", 1)) <= 1:
         need.update(resources.get("custom") or {})
@@ -137,7 +137,7 @@ def trial_bundle(resources: dict[str, Any]) -> dict[str, float]:
 
 
 def can_host(node_resources: dict[str, float], trials) -> bool:
-    bundles = {tuple(sorted(trial_bundle(t.resources).items())) for t in trials}
+    bundles = {tuple(sorted(host_bundle(t.resources).items())) for t in trials}
     return any(all(node_resources.get(k, 0) >= v for k, v in bundle) for bundle in bundles)
 
 

@@ -52,7 +52,8 @@ def make_trial(config: TrialConfig, resources: dict[str, float],
                         f"resources.workers {workers}: the global batch must be a multiple "
                         f"of the worker count")
     if cpu_only:
-        resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0, "workers": workers}
+        resources = {**resources, "cpu": max(resources["cpu"], 1.0), "gpu": 0.0,
+                     "workers": workers}
         if config.device.startswith("cuda"):
             config = config.replace(device="cpu")
     return TrialSpec(make_trial_id(config, synthetic), config, dict(resources), synthetic)
