@@ -80,7 +80,8 @@ class RayNodes:
         out = subprocess.run([RAY, "status", "--address", self.address], env=self.env,
                              capture_output=True, text=True, timeout=60).stdout
         active = out.split("Active:", 1)[-1].split("Pending:", 1)[0] if "Active:" in out else ""
-        return sum(int(m) for m in re.findall(r"^\s*(\d+) node_", active, re.M))
+        # one line per node ("1 node_ID"), or per node type under an autoscaler ("2 gpu_node")
+        return sum(int(m) for m in re.findall(r"^\s*(\d+) \S+$", active, re.M))
 
     def wait_for(self, count: int, timeout: float = 180) -> None:
         deadline = time.time() + timeout
