@@ -117,3 +117,38 @@ def test_a_node_whose_python_sees_an_edited_module_is_refused_as_other_code(
     assert "(nodeC, id " in line and " runs other code: source " in line, line
     assert "nodeB" not in line and "(head, id " not in line, line
     assert not (tmp_path / "results" / "nodes" / "trials.parquet").exists()
+
+
+# about 50 s on 2 cores (a fourth node joins, then leaves)
+def test_each_attempt_records_the_git_commit_of_the_node_that_ran_it(cluster, tmp_path):
+    """nodeD runs the same source from another git checkout (same files, another commit):
+    accepted by the preflight, and its trials record its commit, not the driver's."""
+    import subprocess
+
+    import orchestrator
+    from orchestrator.execute.provenance import git_commit
+
+    nodes, hidden, _ = cluster
+    repo = __import__("pathlib").Path(orchestrator.__file__).parents[1]
+    other = tmp_path / "checkout"
+    for package in ("norms", "trainers", "orchestrator"):
+        shutil.copytree(repo / package, other / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(other), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "another checkout"], check=True)
+    theirs = git_commit(other)
+    assert theirs and theirs != git_commit(repo)
+    nodes.start("nodeD", "--num-cpus", "1", "--num-gpus", "0", pythonpath=other)
+    try:
+        nodes.wait_for(3)
+        code, out, trials = run(nodes, tmp_path, hidden)   # 4 trials on 1 + 2 + 1 CPUs
+    finally:
+        nodes.stop("nodeD")
+    assert code == 0, out[-3000:]
+    rows = pd.read_parquet(tmp_path / "results" / "nodes" / "trials.parquet")
+    assert set(rows.status) == {"completed"}
+    by_node = rows.groupby("node_id").git_commit.agg(set)
+    assert {theirs} in list(by_node), by_node      # nodeD's trials: nodeD's commit
+    assert {git_commit(repo)} in list(by_node), by_node   # the others: this checkout's
