@@ -60,3 +60,18 @@ def test_bundles_strategy_and_what_no_node_has(tmp_path):
     [problem] = shortfalls([pinned], [{"CPU": 4.0}])
     assert problem.startswith("the trials ask for 1 GPU, 1 spot_free on one node, but no node "
                               "has it"), problem
+
+
+def test_ray_train_takes_the_strategy_and_tune_the_custom_bundle():
+    """The values handed to Ray are ones Ray accepts (its own checks, no cluster needed)."""
+    import ray.train
+    from ray import tune
+
+    for placement in ("strict_pack", "pack", "spread"):
+        scaling = ray.train.ScalingConfig(
+            num_workers=2, resources_per_worker={"CPU": 1},
+            placement_strategy=worker_strategy({"placement": placement}))
+        assert scaling.placement_strategy == placement.upper()
+    factory = tune.PlacementGroupFactory([trial_bundle(
+        {"cpu": 1.0, "gpu": 0.0, "workers": 2, "custom": {"on_demand": 0.01}})])
+    assert factory.required_resources == {**COORDINATOR, "on_demand": 0.01}
