@@ -48,7 +48,7 @@ def autoscaling_config(nodes: RayNodes) -> dict:
     }
 
 
-# about 60 s on 2 cores
+# 55 to 75 s on 2 cores
 @pytest.mark.slow
 def test_a_gpu_grid_waits_for_the_autoscaler_then_completes(tmp_path):
     nodes = RayNodes()
