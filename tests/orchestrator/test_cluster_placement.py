@@ -61,3 +61,58 @@ def test_the_coordinating_trial_runs_on_the_node_with_its_custom_resource(tmp_pa
     # the store keeps where the coordinating trial ran each attempt (execute/distributed_trial)
     state = read_state(tmp_path / "results" / "pinned" / "checkpoints" / trial.trial_id)
     assert state["context"]["node_id"] == ids["ondemand"] != ids["head"]
+
+
+# about 100 s on 2 cores (two nodes of 1 CPU each; a Ray Train run of two workers)
+@pytest.mark.slow
+def test_workers_stay_on_one_node_unless_placement_spreads_them(tmp_path):
+    """On two nodes of one CPU each, a trial of 2 one-CPU workers cannot be packed on one
+    node: by default onorm warns and the trial waits (SIGTERM then stops it cleanly, 143);
+    with `placement: spread` it runs, its ranks on both nodes."""
+    import signal
+    import time
+
+    from orch_helpers import read_trials
+    from ray_nodes import ONORM
+
+    grid = GRID.replace("custom: {{on_demand: 0.5}}", "placement: {placement}").replace(
+        "pinned:", "{name}:")
+    nodes = RayNodes()
+    try:
+        nodes.start("head", "--num-cpus", "1", "--num-gpus", "0", head=True)
+        nodes.wait_for(1)
+        nodes.start("second", "--num-cpus", "1", "--num-gpus", "0")
+        nodes.wait_for(2)
+        config = tiny_yaml(tmp_path / "e.yaml", grid.format(
+            name="packed", data=tmp_path / "data", placement="strict_pack") + grid.format(
+            name="spread", data=tmp_path / "data", placement="spread"))
+        log = tmp_path / "packed.log"
+        with open(log, "w") as f:
+            packed = subprocess.Popen(
+                [ONORM, "run", "packed", "--config", str(config), "--results",
+                 str(tmp_path / "results"), "--address", nodes.address], env=nodes.env,
+                stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            deadline = time.time() + 180
+            while "waiting for the cluster to add a node" not in log.read_text():
+                assert packed.poll() is None and time.time() < deadline, log.read_text()
+                time.sleep(0.5)
+            time.sleep(5)   # it waits: nothing fails meanwhile
+            assert packed.poll() is None, log.read_text()
+            packed.send_signal(signal.SIGTERM)
+            assert packed.wait(timeout=120) == 143, log.read_text()
+        finally:
+            if packed.poll() is None:
+                packed.kill()
+        code, out = onorm(["run", "spread", "--config", str(config), "--results",
+                           str(tmp_path / "results"), "--address", nodes.address],
+                          nodes.env, tmp_path / "spread.log", cwd=tmp_path)
+    finally:
+        nodes.shutdown()
+    waited = log.read_text()
+    assert ("asks for 2 workers of 1 CPU and 0 GPU each, but one node can place only 1 at once "
+            "(lower resources.workers or the per-worker cpu/gpu in experiments.yaml, or set "
+            "resources.placement: spread); waiting for the cluster") in waited, waited
+    assert set(read_trials(tmp_path / "results" / "packed" / "trials.parquet").status) <= {
+        "pending"}
+    assert code == 0 and "spread: 1 trials: 1 completed" in out, out[-3000:]
