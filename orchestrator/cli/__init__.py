@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onorm {args.command}: interrupted; "
               f"{hint(args, argv) if hint else 're-run the same command to resume'}",
               file=sys.stderr)
-        return 130
+        from orchestrator.execute.sigterm import EXIT_TERMINATED, terminated
+
+        return EXIT_TERMINATED if terminated() else 130
     except BrokenPipeError:
         # the reader went away (`onorm table X | head -1`): stop quietly, as `cat` does
         devnull = os.open(os.devnull, os.O_WRONLY)

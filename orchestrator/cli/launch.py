@@ -107,11 +107,34 @@ def checked_trials(experiment, planned: list, args: argparse.Namespace,
             print(f"warning: {problem}", file=sys.stderr)
         return None
     print_recipe_notes(trials)
+    check_cluster(experiment, trials, args)
     log = check_trackers(args)
     check_devices(experiment, trials, args.address)
     check_plugins(experiment, trials)
-    prepare_data(experiment, trials, problem)
+    if not joining_cluster(args.address):
+        # on a cluster the driver may host no trial: each node's data is checked (and
+        # prepared) there before any trial starts (execute/preflight.py)
+        prepare_data(experiment, trials, problem)
     return trials, log
+
+
+def joining_cluster(address: str | None) -> bool:
+    """True when Ray is an existing cluster (--address or RAY_ADDRESS), not started here."""
+    import os
+
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def check_cluster(experiment, trials, args: argparse.Namespace) -> None:
+    """An address a driver cannot join, or folders inside a Ray job's temporary working
+    folder: refused before Ray starts (cli/cluster.py). From here on SIGTERM stops the run
+    as Ctrl-C does."""
+    from orchestrator.cli.cluster import check_address, check_job_paths
+    from orchestrator.execute.sigterm import take_sigterm_as_ctrl_c
+
+    check_address(args.address, args.command, experiment.name)
+    check_job_paths({"--results": args.results, "data_dir": trials[0].config.data_dir})
+    take_sigterm_as_ctrl_c()
 
 
 def narrow(experiment, trials, args: argparse.Namespace) -> list:
@@ -146,12 +169,11 @@ def check_devices(experiment, trials, address: str | None) -> None:
     workers do, so there the trial's own node decides, and one without the device fails the
     trial at once with the reason (a UserError is never retried). The same for
     image_decoder gpu, which needs CUDA wherever the trial runs."""
-    import os
 
     from orchestrator.plan.experiments import setting_key_path
     from orchestrator.plan.fields import where
 
-    if address or os.environ.get("RAY_ADDRESS"):
+    if joining_cluster(address):
         return
     pinned = sorted({t.config.device for t in trials if t.config.device.startswith("cuda")})
     nvjpeg = [t.config for t in trials if t.config.image_decoder == "gpu"]
@@ -204,17 +226,10 @@ def check_data(experiment, trials) -> str | None:
     """A problem with the dataset folder, or None (synthetic data is written when missing)."""
     if experiment.synthetic:
         return None
-    data_dir = Path(trials[0].config.data_dir)
-    if not data_dir.is_dir():
-        return (f"experiment {experiment.name!r}: data_dir {str(data_dir)!r} does not exist: "
-                f"put the {experiment.dataset} dataset there (for CIFAR an empty folder "
-                "lets torchvision download it), or pass --data-dir DIR")
-    if experiment.dataset == "imagenet":
-        missing = [d for d in ("train", "val") if not (data_dir / d).is_dir()]
-        if missing:
-            return (f"experiment {experiment.name!r}: data_dir {str(data_dir)!r} lacks "
-                    f"{' and '.join(missing)}/: it must hold train/ and val/ ImageFolders")
-    return None
+    from orchestrator.execute.preflight import data_problem
+
+    problem = data_problem(experiment.dataset, trials[0].config.data_dir)
+    return f"experiment {experiment.name!r}: {problem}" if problem else None
 
 
 def fetch_cifar_once(experiment, trials) -> None:

@@ -2,7 +2,8 @@
 trainer on every worker (the pattern Ray 2.60 documents for Train inside Tune).
 
 The Tune trial only coordinates (it holds COORDINATOR, no CPU: Ray Train places the K
-workers with the per-worker cpu/gpu, which may then take every CPU of their nodes). It counts
+workers with the per-worker cpu/gpu, which may then take every CPU of their nodes, on one
+node unless `placement` says otherwise: execute/placement.py). It counts
 the attempt in the trial store and hands every worker the latest checkpoint, so each rank
 resumes from it. Each worker runs `train()` in the process
 group Ray Train set up (NCCL on GPUs, gloo on CPUs); rank 0 sends every epoch's checkpoint and
@@ -31,6 +32,7 @@ def run_distributed(params: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from orchestrator.execute.placement import worker_strategy
     from orchestrator.execute.trainable import (
         STORE_NAMESPACE,
         node_context,
@@ -54,7 +56,8 @@ def run_distributed(params: dict[str, Any]) -> None:
                                "checkpoint": ray.put(checkpoint) if checkpoint else None},
             scaling_config=ray.train.ScalingConfig(num_workers=int(res["workers"]),
                                                    use_gpu=res["gpu"] > 0,
-                                                   resources_per_worker=per_worker),
+                                                   resources_per_worker=per_worker,
+                                                   placement_strategy=worker_strategy(res)),
             run_config=ray.train.RunConfig(
                 name=f"{trial_id}-attempt{start['attempt']}", storage_path=str(storage),
                 callbacks=[TuneReportCallback()],

@@ -213,7 +213,9 @@ class Recorder:
         if result.get("warning"):
             self._warn(trial_id, int(result.get("attempt", 0)), str(result["warning"]))
         self.metrics[(trial_id, epoch)] = self._metric_row(spec, result)
-        changes: dict[str, Any] = {k: str(result[k]) for k in CONTEXT_KEYS if k in result}
+        # the attempt's node says which code ran it (PROVENANCE_KEYS)
+        changes: dict[str, Any] = {k: str(result[k]) for k in CONTEXT_KEYS + PROVENANCE_KEYS
+                                   if k in result}
         changes.update({k: result[k] for k in ATTEMPT_KEYS if k in result})
         if "attempt" in result:
             changes["attempts"] = max(int(result["attempt"]), int(self.rows[trial_id]["attempts"]))

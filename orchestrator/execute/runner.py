@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from orchestrator.execute.distributed_trial import COORDINATOR
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
+from orchestrator.execute.placement import check_resources, trial_bundle
+from orchestrator.execute.preflight import check_nodes
 from orchestrator.execute.provenance import provenance
 from orchestrator.execute.recorder import Recorder
+from orchestrator.execute.sigterm import take_sigterm_as_ctrl_c
 from orchestrator.execute.trackers import Trackers
 from orchestrator.execute.trainable import STORE_NAMESPACE
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
@@ -55,11 +57,16 @@ def connect(address: str | None) -> bool:
         try:
             ray.init(address=address, **common)
         except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(f"cannot join the Ray cluster at {address!r} ({err}); check the "
-                            "address, or leave out --address/RAY_ADDRESS to run locally") from None
-        return True
-    # "local" always starts a new Ray: never attach to some other local cluster by accident.
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+            reason = " ".join(str(err).split())[:300]
+            raise UserError(f"cannot join the Ray cluster at {address!r} as a node ({reason}): "
+                            "onorm's driver must run on a node of the cluster: submit it from "
+                            "here with `ray job submit --address http://HEAD:8265 -- onorm ...`"
+                            " (docs/cluster.md), or leave out --address/RAY_ADDRESS to run "
+                            "locally") from None
+    else:
+        # "local" always starts a new Ray: never attach to another local cluster by accident
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **common)
+    take_sigterm_as_ctrl_c()   # ray.init installed its own SIGTERM handler, which exits at once
     return True
 
 
@@ -94,42 +101,6 @@ def quiet_ray_notices() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _LeftOut) for f in logger.filters):
             logger.addFilter(_LeftOut(*prefixes))
-
-
-def check_resources(trials: list[TrialSpec]) -> None:
-    """Refuse, before submitting anything, a grid the cluster can never place."""
-    import ray
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    max_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
-    max_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
-    gpu = max(t.resources["gpu"] for t in trials)
-    cpu = max(t.resources["cpu"] for t in trials)
-    for t in trials:
-        workers, per = int(t.resources.get("workers", 1)), t.resources
-        fits = sum(worker_slots(n, per["cpu"], per["gpu"]) for n in nodes)
-        if workers > 1 and fits < workers:
-            raise UserError(f"trial {t.trial_id} asks for {workers} workers of {per['cpu']:g} "
-                            f"CPU and {per['gpu']:g} GPU each, but the Ray cluster can place "
-                            f"only {fits} at once: lower resources.workers or the per-worker "
-                            "cpu/gpu in experiments.yaml, or join a larger cluster (--address)")
-    if gpu > 0 and max_gpu == 0:
-        raise UserError(f"the trials ask for {gpu:g} GPU each but the Ray cluster has no GPUs: "
-                        "re-run with --cpu-only (sets gpu to 0 per trial) or set "
-                        "`resources: {gpu: 0}` in experiments.yaml")
-    if gpu > max_gpu:
-        raise UserError(f"the trials ask for {gpu:g} GPUs each but no node has more than "
-                        f"{max_gpu:g}: lower resources.gpu in experiments.yaml")
-    if cpu > max_cpu:
-        raise UserError(f"the trials ask for {cpu:g} CPUs each but no node has more than "
-                        f"{max_cpu:g}: lower resources.cpu in experiments.yaml")
-
-
-def worker_slots(node: dict[str, float], cpu: float, gpu: float) -> int:
-    """How many workers of (cpu, gpu) fit on a node with these resources."""
-    slots = [int(node.get("CPU", 0) // cpu)] if cpu > 0 else []
-    slots += [int(node.get("GPU", 0) // gpu)] if gpu > 0 else []
-    return min(slots) if slots else 0
 
 
 def start_store(checkpoint_dir: Path, name: str):
@@ -280,7 +251,10 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
 
         started_ray = connect(address)
         try:
-            check_resources(pending)
+            joined = bool(address or os.environ.get("RAY_ADDRESS"))
+            check_resources(pending, joined, say=say)   # refused, or awaited on a cluster
+            if joined:
+                check_nodes(pending, say=say)   # every node's data and code (preflight.py)
             if on_start is not None:
                 on_start()
             recorder.write(metrics=True)
@@ -289,11 +263,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
             store = start_store(layout.store, store_name)
 
             def resources(params: dict[str, Any]):
-                r = params["trial"]["resources"]
-                if int(r.get("workers", 1)) > 1:
-                    # the trial only coordinates; Ray Train places its workers itself
-                    return tune.PlacementGroupFactory([COORDINATOR])
-                return tune.PlacementGroupFactory([{"CPU": r["cpu"], "GPU": r["gpu"]}])
+                return tune.PlacementGroupFactory([trial_bundle(params["trial"]["resources"])])
 
             from orchestrator.execute.trainable import run_trial
 

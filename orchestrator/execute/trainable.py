@@ -63,8 +63,16 @@ def node_context(params: dict[str, Any]) -> dict[str, Any]:
         "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
         "pid": os.getpid(),
         "started_at": time.time(),
-        **(params.get("provenance") or {}),
+        **node_provenance(),
     }
+
+
+def node_provenance() -> dict[str, str]:
+    """The git commit and package versions of the code this node runs (each attempt's
+    own, not the driver's: a node may run another checkout)."""
+    from orchestrator.execute.provenance import provenance
+
+    return provenance()
 
 
 def attempt_context(trial_id: str, start: dict[str, Any], config) -> dict[str, Any]:
@@ -84,6 +92,7 @@ def attempt_context(trial_id: str, start: dict[str, Any], config) -> dict[str, A
         "started_at": time.time(),
         "trial_status": "running",
         "warning": start.get("warning") or "",
+        **node_provenance(),
     }
 
 

@@ -42,7 +42,7 @@ COMMON_KEYS = {
     "data_dir": "dataset folder (relative to the yaml file's folder)",
     "synthetic": "{n_train, n_test}: write a small CIFAR-format dataset there if missing",
     "resources": "{cpu, gpu} per trial, fractions allowed",
-    "max_failures": "retries of a crashed trial (default 2)",
+    "max_failures": "retries of a crashed trial (default 2; -1: no limit)",
     "max_concurrent": "at most this many trials at once (default: as resources allow)",
     "settings": "TrialConfig fields shared by every cell",
 }
@@ -245,7 +245,8 @@ def parse_common(name: str, raw: dict[str, Any], base_dir: Path) -> dict[str, An
         "synthetic": synthetic,
         "description": description,
         "resources": parse_resources(name, "resources", raw.get("resources") or {}),
-        "max_failures": as_int(name, "max_failures", raw.get("max_failures", 2), 0,
+        # -1: retry without limit (spot nodes preempted any number of times)
+        "max_failures": as_int(name, "max_failures", raw.get("max_failures", 2), -1,
                                MAX_FAILURES),
         "max_concurrent": max_concurrent,
         "settings": settings,

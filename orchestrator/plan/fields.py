@@ -13,7 +13,12 @@ from trainers.config import SettingError, config_specs, parse_setting
 from trainers.decay import parse_fraction
 from trainers.errors import UserError
 
-RESOURCE_KEYS = ("cpu", "gpu", "workers")
+RESOURCE_KEYS = ("cpu", "gpu", "workers", "placement", "custom")
+# How Ray Train places a trial's K workers (its placement-group strategies): on one node unless
+# asked otherwise, so that a multi-GPU trial never crosses a network it was not sized for.
+PLACEMENTS = ("strict_pack", "pack", "spread")
+# Ray's own resource names: `custom` names the user's node resources (`ray start --resources`)
+RAY_RESOURCES = ("cpu", "gpu", "memory", "object_store_memory")
 # Trial settings the experiment fixes itself (dataset, data_dir) or the cell list sets (norm, seed).
 RESERVED_SETTINGS = ("dataset", "data_dir", "norm", "seed")
 # The most trials one experiment may plan: a grid larger than this is a typo far more often
@@ -90,6 +95,10 @@ def parse_resources(exp: str, key: str, raw: Any, base: dict[str, float] | None 
         if name == "workers":
             out[name] = as_int(exp, f"{key}.workers", value, 1)
             continue
+        if name in ("placement", "custom"):
+            out[name] = (parse_placement if name == "placement" else parse_custom)(
+                exp, f"{key}.{name}", value)
+            continue
         number = as_number(exp, f"{key}.{name}", value)
         if number < 0:
             raise UserError(f"{where(exp, key + '.' + name)}: must be >= 0, got {value!r}")
@@ -103,6 +112,30 @@ def parse_resources(exp: str, key: str, raw: Any, base: dict[str, float] | None 
         raise UserError(f"{where(exp, key + '.gpu')}: a trial of {out['workers']} workers needs "
                         f"whole GPUs per worker (NCCL gives each rank its own device), got "
                         f"{out['gpu']:g}: use gpu: 1, or workers: 1 to share a GPU")
+    return out
+
+
+def parse_placement(exp: str, key: str, value: Any) -> str:
+    """`placement`: where a trial's K workers go (strict_pack, the default: all on one node)."""
+    if value not in PLACEMENTS:
+        raise UserError(f"{where(exp, key)}: expected one of {', '.join(PLACEMENTS)} "
+                        f"(strict_pack: every worker on one node), got {_shown(value)}")
+    return value
+
+
+def parse_custom(exp: str, key: str, value: Any) -> dict[str, float]:
+    """`custom: {NAME: AMOUNT}`: custom Ray resources the trial asks for (the coordinating
+    trial, for K workers), so it runs only on nodes started with `--resources '{"NAME": N}'`."""
+    value = as_mapping(exp, key, value)
+    out = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name or name.lower() in RAY_RESOURCES:
+            raise UserError(f"{where(exp, key)}: {_shown(name)} is not a custom resource name "
+                            f"(cpu and gpu have their own keys)")
+        number = as_number(exp, f"{key}.{name}", amount)
+        if number <= 0:
+            raise UserError(f"{where(exp, f'{key}.{name}')}: must be > 0, got {amount!r}")
+        out[name] = number
     return out
 
 

@@ -55,7 +55,8 @@ def make_trial(config: TrialConfig, resources: dict[str, float],
         if config.image_decoder == "gpu":
             raise UserError("--cpu-only, but image_decoder gpu decodes on a CUDA device: drop "
                             "--cpu-only, or use image_decoder pil")
-        resources = {"cpu": max(resources["cpu"], 1.0), "gpu": 0.0, "workers": workers}
+        resources = {**resources, "cpu": max(resources["cpu"], 1.0), "gpu": 0.0,
+                     "workers": workers}
         if config.device.startswith("cuda"):
             config = config.replace(device="cpu")
     return TrialSpec(make_trial_id(config, synthetic), config, dict(resources), synthetic)

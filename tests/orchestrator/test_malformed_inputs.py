@@ -78,7 +78,7 @@ CASES = [
     ("device_name", GOOD.replace("device: cpu", "device: gpu"),
      K + "'settings.device': device 'gpu' is not a device: use auto, cpu, cuda or cuda:N"),
     ("max_failures", GOOD.replace("  cells:", f"  max_failures: {10**9}\n  cells:"),
-     K + "'max_failures': expected an integer in [0, 1000], got 1000000000"),
+     K + "'max_failures': expected an integer in [-1, 1000], got 1000000000"),
     ("data_dir_nul", GOOD.replace("data_dir: data", 'data_dir: "da\\0ta"'),
      K + "'data_dir': expected a folder path, got 'da\\x00ta'"),
     ("kind_list", GOOD.replace("  dataset:", "  kind: [grid]\n  dataset:"),
