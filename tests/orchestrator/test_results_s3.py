@@ -319,6 +319,12 @@ def test_a_sigkilled_driver_is_finished_by_a_driver_in_an_empty_folder(
     stored = read_state(layout.trial_store(long.trial_id))["epoch"]
     assert 1 <= stored < 10
 
+    # the killed driver's lease blocks the next one until its heartbeat is stale (4 s here)
+    assert lock_holder(layout.dir)["pid"] == first.pid
+    deadline = time.time() + 30
+    while lock_holder(layout.dir) is not None:
+        assert time.time() < deadline
+        time.sleep(0.5)
     # a fresh machine: another, empty working folder; nothing local from the first
     second = s3_driver(s3, config, results, tmp_path / "two", tmp_path / "second.log")
     try:
