@@ -42,10 +42,13 @@ class LoopbackS3:
 def loopback_s3(bucket: str = "onorm-results") -> Iterator[LoopbackS3]:
     """Start the server on a free port and create `bucket`; from then on it refuses requests
     not signed by the returned credentials (so wrong credentials are refused as by AWS)."""
+    import logging
+
     import boto3
     from moto import settings
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     previous = settings.INITIAL_NO_AUTH_ACTION_COUNT
