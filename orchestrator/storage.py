@@ -47,7 +47,10 @@ class UriPath:
         if not sep or not scheme:
             raise ValueError(f"not a URI: {uri!r}")
         self.scheme = scheme.lower()
-        self.key = "/".join(p for p in rest.split("/") if p and p != ".")
+        authority, _, path = rest.partition("/")
+        # the authority (bucket) is kept even when empty: s3:///r names no bucket
+        self.key = "/".join([authority, *(p for p in path.split("/") if p and p != ".")])
+        self.key = self.key.rstrip("/") if authority else self.key
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.key}"
@@ -169,8 +172,14 @@ def check_root(root: Location) -> None:
     try:
         fs = _filesystem(root)
     except Exception as err:   # ArrowInvalid/ArrowNotImplementedError/OSError by scheme
-        raise UserError(f"--results {str(root)!r}: no filesystem opens it ({_short(err)}): "
-                        "give a local folder or an s3://, gs:// or hdfs:// URI") from None
+        import pyarrow as pa
+
+        if isinstance(err, (pa.ArrowInvalid, pa.ArrowNotImplementedError)):
+            raise UserError(f"--results {str(root)!r}: no filesystem opens it "
+                            f"({_short(err)}): give a local folder or an s3://, gs:// or "
+                            "hdfs:// URI") from None
+        raise UserError(f"--results {str(root)!r}: {_access_problem(err, root)}"
+                        f"{_endpoint_note(root)}") from None   # S3 resolving the region
     try:
         bucket = fs.get_file_info(root.bucket)
         if bucket.type == pafs.FileType.NotFound:
@@ -180,7 +189,7 @@ def check_root(root: Location) -> None:
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"--results {str(root)!r}: {_access_problem(err)}"
+        raise UserError(f"--results {str(root)!r}: {_access_problem(err, root)}"
                         f"{_endpoint_note(root)}") from None
 
 
@@ -189,8 +198,11 @@ def _short(err: Exception) -> str:
     return (text[:160] + "...") if len(text) > 160 else text or type(err).__name__
 
 
-def _access_problem(err: Exception) -> str:
+def _access_problem(err: Exception, root: UriPath) -> str:
     text = str(err)
+    if "NoSuchBucket" in text or "NOT_FOUND" in text:
+        return (f"the bucket {root.bucket!r} does not exist: create it, or name an existing "
+                "one")
     if any(word in text for word in ("ACCESS_DENIED", "AccessDenied", "Forbidden", "403",
                                      "InvalidAccessKeyId", "SignatureDoesNotMatch")):
         return ("the storage refused these credentials (access denied): set "
