@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import tempfile
 import time
@@ -57,6 +58,21 @@ def count_writes() -> None:
     storage.write_bytes, storage.write_parquet, storage.write_with = (
         counted_bytes, counted_parquet, counted_with)
     storage._bench_counted = True
+
+
+class RequestCount(logging.Handler):
+    """Counts the S3 server's requests (werkzeug logs one line per request)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
 
 
 def take_tally(path: Path) -> int:
@@ -103,6 +119,7 @@ def main() -> None:
     import ray
 
     from benchmarks.s3_loopback import loopback_s3
+    from orchestrator.execute.runner import quiet_ray_notices
 
     with tempfile.TemporaryDirectory(prefix="onorm-bench-") as tmp, loopback_s3() as s3:
         tmp = Path(tmp)
@@ -111,6 +128,12 @@ def main() -> None:
         os.environ[TALLY_VARIABLE] = str(tally)
         os.environ["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        requests = RequestCount()
+        server_log = logging.getLogger("werkzeug")
+        server_log.setLevel(logging.INFO)
+        server_log.addHandler(requests)
+        server_log.propagate = False
+        quiet_ray_notices()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
                  namespace="onorm", log_to_driver=False,
                  runtime_env={"worker_process_setup_hook": "benchmarks.storage_cost.count_writes"})
@@ -123,6 +146,7 @@ def main() -> None:
             run_grid(args.experiment, str(tmp / "warm-up"), data,
                      ["--set", "settings.epochs=1", "--only", "norm=none"], log)
             take_tally(tally)
+            requests.take()
             for label, results in (("local disk", str(tmp / "local")),
                                    ("S3 (moto, loopback)", s3.uri("bench"))):
                 wall, epochs = run_grid(args.experiment, results, data,
@@ -130,16 +154,18 @@ def main() -> None:
                 written = take_tally(tally)
                 if not results.startswith("s3://"):
                     written += folder_bytes(Path(results) / args.experiment / "tensorboard")
-                rows.append((label, wall, epochs, written))
+                rows.append((label, wall, epochs, written, requests.take()))
         finally:
             ray.shutdown()
 
     print(f"\n{args.experiment} grid{' (--quick)' if args.quick else ''}, "
           f"{os.cpu_count()} CPUs")
-    print(f"{'results':<22}{'wall s':>9}{'epochs':>8}{'bytes written':>15}{'per epoch':>12}")
-    for label, wall, epochs, written in rows:
-        print(f"{label:<22}{wall:>9.1f}{epochs:>8}{written:>15,}{written / epochs:>12,.0f}")
-    (_, wall_l, ep_l, w_l), (_, wall_s, ep_s, w_s) = rows
+    print(f"{'results':<22}{'wall s':>9}{'epochs':>8}{'bytes written':>15}{'per epoch':>12}"
+          f"{'S3 requests/epoch':>19}")
+    for label, wall, epochs, written, count in rows:
+        print(f"{label:<22}{wall:>9.1f}{epochs:>8}{written:>15,}{written / epochs:>12,.0f}"
+              f"{count / epochs if count else 0:>19.1f}")
+    (_, wall_l, ep_l, w_l, _), (_, wall_s, ep_s, w_s, _) = rows
     print(f"{'ratio S3 / local':<22}{wall_s / wall_l:>9.2f}{'':>8}{'':>15}"
           f"{(w_s / ep_s) / (w_l / ep_l):>12.2f}")
     print(f"(onorm's output: {log})")

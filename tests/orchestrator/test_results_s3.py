@@ -226,6 +226,11 @@ def test_table_and_status_read_the_uri(s3, first_run, capsys):
     assert code == 0 and s3.uri("grid", "s3", "plots", "val_acc1.png") in out, err
     png = storage.read_bytes(layout.plot("val_acc1"))
     assert png.startswith(b"\x89PNG")
+    # the dry run lists what has run from the bucket
+    code, out, err = run(capsys, "run", "s3", "--config", str(config), "--results",
+                         s3.uri("grid"), "--dry-run")
+    assert code == 0, err
+    assert f"results in {s3.uri('grid', 's3')}" in out and "1 done, 1 partial" in out, out
 
 
 def test_a_truncated_checkpoint_and_a_damaged_metrics_object_are_recovered(
