@@ -130,6 +130,8 @@ def main() -> None:
             p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
         requests = RequestCount()
         server_log = logging.getLogger("werkzeug")
+        for handler in server_log.handlers:   # werkzeug's own, printing each request
+            handler.setLevel(logging.ERROR)
         server_log.setLevel(logging.INFO)
         server_log.addHandler(requests)
         server_log.propagate = False
