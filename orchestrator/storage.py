@@ -149,7 +149,10 @@ def _filesystem(loc: UriPath) -> "pafs.FileSystem":
 
     key = (loc.scheme, loc.bucket, *(os.environ.get(v) for v in CREDENTIAL_VARIABLES))
     if key not in _filesystems:
-        fs, _ = pafs.FileSystem.from_uri(f"{loc.scheme}://{loc.bucket}")
+        # S3: a delayed open makes a small object's write one PUT (not a multipart upload's
+        # three requests); errors then show when the stream closes, which every write does
+        options = "?allow_delayed_open=true" if loc.scheme == "s3" else ""
+        fs, _ = pafs.FileSystem.from_uri(f"{loc.scheme}://{loc.bucket}{options}")
         _filesystems[key] = fs
     return _filesystems[key]
 
@@ -220,13 +223,12 @@ def _endpoint_note(root: UriPath) -> str:
 def read_bytes(loc: Location) -> bytes:
     """The file's bytes; FileNotFoundError when there is none."""
     if isinstance(loc, UriPath):
-        import pyarrow.fs as pafs
-
         fs, key = _remote(loc)
-        if fs.get_file_info(key).type != pafs.FileType.File:
-            raise FileNotFoundError(str(loc))
-        with fs.open_input_stream(key) as f:
-            return f.read()
+        try:
+            with fs.open_input_stream(key) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(str(loc)) from None
     return Path(loc).read_bytes()
 
 
