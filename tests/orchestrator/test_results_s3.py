@@ -233,6 +233,18 @@ def test_table_and_status_read_the_uri(s3, first_run, capsys):
     assert f"results in {s3.uri('grid', 's3')}" in out and "1 done, 1 partial" in out, out
 
 
+def test_readers_on_the_uri_import_neither_ray_nor_torch(s3, first_run):
+    code = ("import sys; from orchestrator.cli import main\n"
+            f"assert main(['table', {s3.uri('grid', 's3')!r}, '--include-running']) == 0\n"
+            f"assert main(['status', '--results', {s3.uri('grid')!r}]) == 0\n"
+            "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))\n")
+    env = {**os.environ, **s3.env}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 def test_a_truncated_checkpoint_and_a_damaged_metrics_object_are_recovered(
         s3, first_run, capsys):
     config, done, partial, layout = first_run
