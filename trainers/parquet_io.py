@@ -12,6 +12,7 @@ read a file that exists, whatever pyarrow raises, is one `DamagedParquet`.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -67,15 +68,31 @@ def digest(table: "pa.Table") -> bytes:
     return h.hexdigest().encode()
 
 
-def write_parquet_atomic(df: "pd.DataFrame", path: str | Path) -> None:
-    """Write `df` to `path` so readers see the old file or the new one, never half of one,
-    with page checksums and the content digest."""
+def _digested(df: "pd.DataFrame") -> "pa.Table":
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    return table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                          DIGEST_KEY: digest(table)})
+
+
+def parquet_bytes(df: "pd.DataFrame") -> bytes:
+    """`df` as a Parquet file's bytes, with page checksums and the content digest (for
+    storage written in one piece, such as an object store's PUT)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           DIGEST_KEY: digest(table)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(_digested(df), sink, write_page_checksum=True)
+    return sink.getvalue().to_pybytes()
+
+
+def write_parquet_atomic(df: "pd.DataFrame", path: str | Path) -> None:
+    """Write `df` to `path` so readers see the old file or the new one, never half of one,
+    with page checksums and the content digest."""
+    import pyarrow.parquet as pq
+
+    table = _digested(df)
     replace_atomically(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
 
 
@@ -86,25 +103,33 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None,
     FileNotFoundError when there is no file; DamagedParquet when it cannot be read as
     written, or lacks one of the `required` columns.
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(str(path))
+    return table_from_bytes(path.read_bytes(), path, columns, required)
+
+
+def table_from_bytes(data: bytes, where: object, columns: Sequence[str] | None = None,
+                     required: Sequence[str] = ()) -> "pa.Table":
+    """read_table of a file's bytes, read from wherever it is stored (`where` names it in
+    messages): local files and objects are verified by the same code."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
-        table = pq.read_table(path, page_checksum_verification=True)
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
         expected = (table.schema.metadata or {}).get(DIGEST_KEY)
         intact = expected is None or digest(table) == expected
         names = table.column_names
     except MemoryError:
         raise
     except Exception as err:   # damage shows as many errors: OSError, ArrowInvalid, Unicode...
-        raise _damaged(path, _reason(err, path)) from None
+        raise _damaged(where, _reason(err, where)) from None
     if not intact:
-        raise _damaged(path, "its content does not match its checksum")
+        raise _damaged(where, "its content does not match its checksum")
     missing = [c for c in required if c not in names]
     if missing:
-        raise _damaged(path, f"it has no {missing[0]!r} column")
+        raise _damaged(where, f"it has no {missing[0]!r} column")
     if columns is not None:
         table = table.select([c for c in columns if c in table.column_names])
     return table
@@ -113,22 +138,27 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None,
 def read_parquet(path: str | Path, columns: Sequence[str] | None = None,
                  required: Sequence[str] = ()) -> "pd.DataFrame":
     """read_table as a pandas DataFrame."""
-    table = read_table(path, columns, required)
+    return to_frame(read_table(path, columns, required), path)
+
+
+def to_frame(table: "pa.Table", where: object) -> "pd.DataFrame":
+    """A verified table as pandas; its pandas metadata may still be damaged in a file
+    without a digest."""
     try:
         return table.to_pandas()
     except MemoryError:
         raise
     except Exception as err:   # the pandas metadata of a file without a digest, damaged
-        raise _damaged(Path(path), _reason(err, Path(path))) from None
+        raise _damaged(where, _reason(err, where)) from None
 
 
-def _reason(err: Exception, path: Path) -> str:
-    text = " ".join(str(err).replace(f"Could not open Parquet input source '{path}': ", "")
+def _reason(err: Exception, where: object) -> str:
+    text = " ".join(re.sub(r"Could not open Parquet input source '[^']*': ", "", str(err))
                     .split())
     if len(text) > 120:
         text = text[:117] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _damaged(path: Path, reason: str) -> DamagedParquet:
+def _damaged(path: object, reason: str) -> DamagedParquet:
     return DamagedParquet(f"{path} is damaged ({reason})", reason)

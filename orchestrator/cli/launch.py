@@ -27,7 +27,9 @@ def add_launch_arguments(p: argparse.ArgumentParser, what: str) -> None:
                    "RAY_ADDRESS, else start Ray on this machine)")
     p.add_argument("--data-dir", metavar="DIR", help="dataset folder (overrides the config's)")
     p.add_argument("--results", metavar="DIR", default="results",
-                   help="results root; files go to DIR/EXPERIMENT (default: results)")
+                   help="results root, a folder or a URI (s3://bucket/r, gs://..., "
+                        "hdfs://...; docs/storage.md); files go to DIR/EXPERIMENT "
+                        "(default: results)")
     p.add_argument("--max-concurrent", metavar="N", type=positive_int,
                    help="run at most N trials at once (default: the config's, else as "
                         "resources allow)")
@@ -89,7 +91,17 @@ def load_launch(args: argparse.Namespace, kind: str):
         raise UserError(f"experiment {experiment.name!r} is a {experiment.kind} experiment: "
                         f"run it with `onorm {command} {experiment.name}`")
     data_dir = str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None
-    return experiment, data_dir, Path(args.results).expanduser().resolve(), config
+    return experiment, data_dir, checked_root(args.results), config
+
+
+def checked_root(text: str):
+    """--results as a location (orchestrator/storage.py), its filesystem, bucket and
+    credentials checked before anything is written or Ray starts."""
+    from orchestrator import storage
+
+    root = storage.results_root(text)
+    storage.check_root(root)
+    return root
 
 
 def checked_trials(experiment, planned: list, args: argparse.Namespace,
@@ -256,22 +268,22 @@ def prepare_data(experiment, trials, problem: str | None) -> None:
         ensure_synthetic_cifar(trials[0].config.data_dir, experiment.dataset, experiment.synthetic)
 
 
-def write_resolved(experiment, trials, results_root: Path, config: Path | None = None,
+def write_resolved(experiment, trials, results_root, config: Path | None = None,
                    only: list[str] | tuple[str, ...] = ()) -> None:
     """experiment.yaml in the experiment folder: the experiment as resolved (with the --set
     overrides it was run with), the --only filters, every trial's config, and the experiments
     file it came from (for the command that rebuilds it)."""
     import yaml
 
-    from trainers.atomic import write_text_atomically
+    from orchestrator import storage
 
     resolved = experiment.to_dict()
     resolved["only"] = list(only)
     if config is not None:
         resolved["config"] = str(config)
     resolved["trials"] = [t.to_payload() for t in trials]
-    write_text_atomically(ExperimentLayout.of(results_root, experiment.name).resolved,
-                          yaml.safe_dump(resolved, sort_keys=False))
+    storage.write_text(ExperimentLayout.of(results_root, experiment.name).resolved,
+                       yaml.safe_dump(resolved, sort_keys=False))
 
 
 def failed_hint(layout: ExperimentLayout) -> str:

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from orchestrator import storage
 from orchestrator.layout import ExperimentLayout
 from trainers.errors import UserError
 
 PLOT_FORMATS = ("png", "pdf", "svg")   # what matplotlib writes without extra packages
 
 
-def resolve_experiment_dir(target: str, results_root: str) -> Path:
-    """An experiment folder: `target` itself when it holds metrics.parquet, else the
-    experiment named `target` under the results root."""
-    direct = ExperimentLayout(Path(target))
-    if direct.metrics.exists():
+def resolve_experiment_dir(target: str, results_root: str) -> storage.Location:
+    """An experiment folder (a path or a URI): `target` itself when it holds
+    metrics.parquet, else the experiment named `target` under the results root."""
+    direct = ExperimentLayout(storage.location(target))
+    if not storage.is_uri(target):
+        storage.check_root(storage.location(results_root))
+    else:
+        storage.check_root(direct.dir)
+    if storage.exists(direct.metrics):
         return direct.dir
     named = ExperimentLayout.of(results_root, target)
-    if named.metrics.exists():
+    if storage.exists(named.metrics):
         return named.dir
     if named.dir == direct.dir or len(direct.dir.parts) > 1:  # a path, not an experiment name
         raise UserError(f"no results in {target!r}: {direct.metrics} does not "
@@ -98,7 +102,7 @@ def run_combined_table(args: argparse.Namespace) -> int:
     if twice:
         raise UserError(f"experiment {twice[0]!r} is given twice: name each experiment once")
     named_runs = [(d.name, load_runs(d, args.include_running)) for d in dirs]
-    written = combined.write_tables(Path(args.results), named_runs)
+    written = combined.write_tables(storage.results_root(args.results), named_runs)
     metrics = ("accuracy", "loss") if args.metric == "both" else (args.metric,)
     for metric in metrics:
         print(combined.render(named_runs, metric, args.format))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orchestrator import storage
 from orchestrator.cli.launch import (
     add_launch_arguments,
     checked_trials,
@@ -71,6 +72,6 @@ def write_report(layout: ExperimentLayout) -> None:
     written = table.write_report(layout.dir)
     accuracy = layout.table("accuracy", ".md")
     if accuracy in written:
-        print(accuracy.read_text())
+        print(storage.read_text(accuracy))
     print(f"tables:  {layout.tables}")
     print(f"plots:   {layout.plots}")

@@ -14,9 +14,9 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from orchestrator import storage
 from orchestrator.layout import DONE_STATUSES, SEARCH_DONE_STATUSES, ExperimentLayout
 from trainers.errors import UserError
 
@@ -31,12 +31,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("experiment", nargs="?", metavar="EXPERIMENT",
                    help="only this experiment, with every one of its trials")
     p.add_argument("--results", metavar="DIR", default="results",
-                   help="results root holding one folder per experiment (default: results)")
+                   help="results root holding one folder per experiment, a folder or a URI "
+                        "such as s3://bucket/r (default: results)")
     p.set_defaults(func=status_command)
 
 
 def status_command(args: argparse.Namespace) -> int:
-    root = Path(args.results).expanduser()
+    root = storage.location(args.results)
+    if not storage.is_remote(root):
+        root = root.expanduser()
+    storage.check_root(root)
     if args.experiment:
         layout = ExperimentLayout.of(root, args.experiment)
         if not is_experiment(layout.dir):
@@ -44,10 +48,11 @@ def status_command(args: argparse.Namespace) -> int:
                             f"{args.experiment}` first, or pass --results DIR")
         layouts = [layout]
     else:
-        if not root.is_dir():
+        if not storage.is_dir(root):
             raise UserError(f"no results folder {str(root)!r}: run `onorm run EXPERIMENT` "
                             "first, or pass --results DIR")
-        layouts = [ExperimentLayout(p) for p in sorted(root.iterdir()) if is_experiment(p)]
+        layouts = [ExperimentLayout(root / name) for name, folder in storage.children(root)
+                   if folder and is_experiment(root / name)]
         if not layouts:
             print(f"no experiments in {root}")
             return 0
@@ -61,10 +66,10 @@ def status_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def is_experiment(folder: Path) -> bool:
+def is_experiment(folder: storage.Location) -> bool:
     layout = ExperimentLayout(folder)
-    return folder.is_dir() and any(
-        p.exists() for p in (layout.trials, layout.metrics, layout.resolved, layout.store))
+    return storage.is_dir(folder) and any(
+        storage.exists(p) for p in (layout.trials, layout.metrics, layout.resolved, layout.store))
 
 
 class ExperimentStatus:

@@ -34,7 +34,7 @@ def run_distributed(params: dict[str, Any]) -> None:
 
     from orchestrator.execute.placement import worker_strategy
     from orchestrator.execute.trainable import (
-        STORE_NAMESPACE,
+        StoreClient,
         node_context,
         record_failure,
         resume_point,
@@ -42,8 +42,8 @@ def run_distributed(params: dict[str, Any]) -> None:
 
     payload = params["trial"]
     trial_id, res = payload["trial_id"], payload["resources"]
-    store = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
-    start = ray.get(store.begin.remote(trial_id, payload, node_context(params)))
+    store = StoreClient(params)
+    start = store.call("begin", trial_id, payload, node_context(params))
     per_worker = {"CPU": res["cpu"], "GPU": res["gpu"]} if res["gpu"] else {"CPU": res["cpu"]}
     storage = Path(tempfile.mkdtemp(prefix=f"onorm-train-{trial_id}-"))
     scratch = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-coordinator-"))
@@ -100,7 +100,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from orchestrator.execute.trainable import (
-        STORE_NAMESPACE,
+        StoreClient,
         attempt_context,
         config_from_dict,
         die_if_asked,
@@ -115,7 +115,7 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     config = config_from_dict(payload["config"])
     ensure_synthetic_data(config, payload.get("synthetic"))
-    store = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
+    store = StoreClient(params)
     context = attempt_context(trial_id, start, config)
     model_dir = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-rank{rank}-"))
     resume = None
@@ -134,6 +134,6 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
         outcome = train(config, report, model_dir=model_dir, resume=resume, progress=False,
                         print_freq=0, log=lambda line: print(line, flush=True))
         if rank == 0:
-            ray.get(store.finish.remote(trial_id, outcome.status))
+            store.call("finish", trial_id, outcome.status)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)

@@ -18,12 +18,12 @@ import sys
 import time
 from typing import Any, Callable
 
+from orchestrator import storage
 from orchestrator.execute.store import CheckpointStore
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
-from trainers.atomic import move_aside
 from trainers.errors import UserError
-from trainers.parquet_io import DamagedParquet, read_parquet
+from trainers.parquet_io import DamagedParquet
 
 TRIAL_COLUMNS = [
     "experiment", "trial_id", "dataset", "arch", "depth", "norm", "afwd", "abkw", "ecm",
@@ -90,18 +90,18 @@ class Recorder:
                      "with the trial store and were repaired from it")
         # nothing recorded yet: write nothing until the run starts (a refused run leaves no
         # empty files behind)
-        if self.metrics or any(damaged.values()) or layout.metrics.exists() \
-                or layout.trials.exists():
+        if self.metrics or any(damaged.values()) or storage.exists(layout.metrics) \
+                or storage.exists(layout.trials):
             self.write(metrics=True)
 
     def _read(self, path, required: tuple[str, ...]) -> tuple[list[dict], tuple | None]:
         """(rows, None), or ([], (problem, where it went)) for a damaged file moved aside."""
         try:
-            return read_parquet(path, required=required).to_dict("records"), None
+            return storage.read_parquet(path, required=required).to_dict("records"), None
         except FileNotFoundError:
             return [], None
         except DamagedParquet as err:
-            return [], (err.reason, move_aside(path))
+            return [], (err.reason, storage.move_aside(path))
 
     def _known_specs(self) -> tuple[dict[str, TrialSpec], list[str]]:
         """The plan's specs plus those the store kept of other trials; and the store's trials
@@ -327,18 +327,17 @@ class Recorder:
     def write(self, metrics: bool) -> None:
         import pandas as pd
 
-        from trainers.parquet_io import write_parquet_atomic
         from trainers.records import rows_frame
 
         if metrics:
             rows = [self.metrics[k] for k in sorted(self.metrics)]
-            write_parquet_atomic(rows_frame(rows), self.layout.metrics)
+            storage.write_parquet(self.layout.metrics, rows_frame(rows))
         trials = pd.DataFrame(list(self.rows.values()), columns=TRIAL_COLUMNS)
         trials["seed"] = trials["seed"].astype("Int64")
         trials["started_at"] = trials["started_at"].astype("float64")
         for col in ("depth", "epochs", "epochs_done", "best_epoch", "attempts", "start_epoch"):
             trials[col] = trials[col].fillna(0).astype("int64")  # rows of older files
-        write_parquet_atomic(trials, self.layout.trials)
+        storage.write_parquet(self.layout.trials, trials)
 
 
 def _row_from_store(state: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Run a list of trials on Ray Tune and record them: the core of `onorm run` (and tuning).
 
-`run_trials` starts or joins Ray, pins a checkpoint-store actor to the driver's node, runs
-every trial that is not already done as a function trainable, and streams their records into
-Parquet through a Tune callback in the driver. Each call builds a fresh Tuner under a new
-storage folder (the experiment folder's ray/<timestamp>): progress lives in the project's own
-store and
-Parquet files, never in Tune's experiment state, so a SIGKILLed driver loses nothing.
+`run_trials` starts or joins Ray, pins a checkpoint-store actor to the driver's node (when
+the results are local; on an object store each trial's node writes its store directly),
+runs every trial that is not already done as a function trainable, and streams their
+records into Parquet through a Tune callback in the driver. Each call builds a fresh Tuner
+under a new storage folder: progress lives in the project's own store and Parquet files,
+never in Tune's experiment state, so a SIGKILLed driver loses nothing. That folder is the
+experiment folder's ray/<timestamp> for local results; for results on an object store it is
+a local temporary folder (`tune_folder`), since nothing in it is needed to resume.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator import storage
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.placement import check_resources, trial_bundle
@@ -191,17 +194,32 @@ def error_text(trial) -> str:
     return f"{message} (traceback: {path})"
 
 
+def tune_folder(layout: ExperimentLayout) -> str:
+    """Where Tune keeps its experiment state and the trials' error files.
+
+    Local results: the experiment folder's ray/, as always. Results on an object store: a
+    folder under the driver's temporary directory. Nothing in it is needed to resume (the
+    trial store and the Parquet files are the record; each failure's message is in
+    trials.parquet), and Tune on a URI would upload its experiment state every few seconds
+    and have each trial sync its folder: requests and bytes for nothing onorm reads."""
+    if storage.is_remote(layout.dir):
+        import tempfile
+
+        return str(Path(tempfile.gettempdir()) / "onorm-tune" / layout.name)
+    return str(layout.ray)
+
+
 def reconcile_folder(layout: ExperimentLayout, skip_statuses: tuple[str, ...]) -> None:
     """Make an experiment folder's Parquet files agree with its trial store (rebuilding a
     damaged one) without running anything: for readers that come before the first run of
     this process, such as the Optuna study's rebuild."""
-    if not layout.dir.is_dir():
+    if not storage.is_dir(layout.dir):
         return
     with experiment_lock(layout.dir):
         Recorder(layout, [], provenance(), skip_statuses=skip_statuses)
 
 
-def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Path, *,
+def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | storage.Location, *,
                address: str | None = None, max_concurrent: int | None = None,
                scheduler: Any = None, search_alg: Any = None, metric: str = "val_acc1",
                mode: str = "max", max_failures: int = 2,
@@ -222,7 +240,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
     test-only (e.g. {"exit_after_epoch": 2, "trials": [id]} kills the worker once on the
     first attempt).
     """
-    layout = ExperimentLayout.of(Path(results_root).resolve(), experiment)
+    layout = ExperimentLayout.of(storage.results_root(results_root), experiment)
     with experiment_lock(layout.dir):   # one writer per folder
         live = live or LiveView(experiment)
         live.started_at = time.time()   # elapsed: since the folder's lock (as onorm status)
@@ -259,8 +277,11 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                 on_start()
             recorder.write(metrics=True)
             recorder.sync_trackers()
-            store_name = f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
-            store = start_store(layout.store, store_name)
+            # a store every node reaches is written by the trials' nodes themselves; a local
+            # one through an actor on this node
+            direct = storage.is_remote(layout.store)
+            store_name = None if direct else f"store-{experiment}-{os.getpid()}-{time.time_ns()}"
+            store = None if direct else start_store(layout.store, store_name)
 
             def resources(params: dict[str, Any]):
                 return tune.PlacementGroupFactory([trial_bundle(params["trial"]["resources"])])
@@ -279,7 +300,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                              "hooks": hooks or {}},
                 tune_config=tune.TuneConfig(**tune_config),
                 run_config=tune.RunConfig(
-                    name=time.strftime("%Y%m%d-%H%M%S"), storage_path=str(layout.ray),
+                    name=time.strftime("%Y%m%d-%H%M%S"), storage_path=tune_folder(layout),
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                     callbacks=[make_callback(recorder), *quiet_tune_callbacks()], verbose=0),
             )
@@ -298,7 +319,8 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | Pat
                     recorder.interrupted()
                 finally:
                     live.stop(recorder)
-                    ray.kill(store)
+                    if store is not None:
+                        ray.kill(store)
             # Tune catches the first Ctrl-C itself and returns from fit() as if done; a trial left
             # unfinished tells it apart, and the CLI then says how to resume (exit 130).
             if any(recorder.rows[t.trial_id]["status"] == "pending" for t in pending):

@@ -1,13 +1,17 @@
-"""Each trial's checkpoints and per-epoch history, kept on the driver's machine.
+"""Each trial's checkpoints and per-epoch history, kept beside the results.
 
-Trials may run on nodes without a shared filesystem, so their checkpoints travel as bytes to
-one store that lives beside the results: the experiment folder's `checkpoints/<trial_id>/`
+With a local results root, trials may run on nodes that do not share it, so their
+checkpoints travel as bytes to one store actor on the driver's node; with a root every node
+reaches (an s3:// or gs:// URI), each trial's node writes its store directly
+(execute/trainable.py). Either way the store is the experiment folder's `checkpoints/<trial_id>/`
 holds the trainer's two latest checkpoints (`checkpoint-<epoch>.pth.tar`), `state.json`
 (each checkpoint's epoch and sha256, attempts, the trial's outcome once it returned, and
 every epoch's metrics: the source of truth for what the trial has done) and `trial.json`
 (the trial's config, so that the Parquet files can be rebuilt from here alone). Every file
-is replaced atomically, a checkpoint before the state that names it, so the state never
-points at a checkpoint that was not completely written.
+is replaced atomically (through orchestrator/storage.py: a local rename, or one object's
+PUT), a checkpoint before the state that names it, so the state never points at a
+checkpoint that was not completely written. A completed trial keeps its history and its
+final checkpoint only.
 
 A checkpoint whose bytes no longer match their checksum (a truncated or overwritten file)
 is set aside as `<name>.damaged-<time>` and the trial resumes from the previous one, or from epoch
@@ -22,10 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-from trainers.atomic import move_aside, write_bytes_durably
+from orchestrator import storage
+from orchestrator.storage import Location
 
 LEGACY_CHECKPOINT = "checkpoint.pth.tar"   # the one checkpoint of stores written before sha256s
 STATE_NAME = "state.json"
@@ -42,7 +46,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_state(trial_dir: Path) -> dict[str, Any]:
+def read_state(trial_dir: Location) -> dict[str, Any]:
     """The trial's state, or an empty one (epoch 0) when nothing was stored yet.
 
     An unreadable state.json gives an empty state marked `damaged` (its history is gone, but
@@ -51,7 +55,7 @@ def read_state(trial_dir: Path) -> dict[str, Any]:
     path = trial_dir / STATE_NAME
     state: dict[str, Any] = {}
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(storage.read_text(path))
         if not isinstance(state, dict):
             raise ValueError("not a JSON object")
     except FileNotFoundError:
@@ -69,29 +73,29 @@ def read_state(trial_dir: Path) -> dict[str, Any]:
     return state
 
 
-def _unrecorded_checkpoints(trial_dir: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
+def _unrecorded_checkpoints(trial_dir: Location, state: dict[str, Any]) -> list[dict[str, Any]]:
     """Checkpoint files without a recorded checksum (a store from before checksums, or a
     damaged state.json), newest first; the trainable checks that they load."""
     if "damaged" not in state:
         legacy = trial_dir / LEGACY_CHECKPOINT
-        if state["epoch"] > 0 and legacy.is_file():
+        if state["epoch"] > 0 and storage.is_file(legacy):
             return [{"epoch": int(state["epoch"]), "file": LEGACY_CHECKPOINT, "sha256": None}]
         return []
     found = []
-    for path in trial_dir.glob("checkpoint-*.pth.tar"):
-        match = _CHECKPOINT_FILE.fullmatch(path.name)
+    for name in storage.names(trial_dir):
+        match = _CHECKPOINT_FILE.fullmatch(name)
         if match:
-            found.append({"epoch": int(match.group(1)), "file": path.name, "sha256": None})
+            found.append({"epoch": int(match.group(1)), "file": name, "sha256": None})
     return sorted(found, key=lambda e: -e["epoch"])[:KEEP]
 
 
 class CheckpointStore:
     """Reads and writes trials' checkpoints and progress under one folder."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Location):
+        self.root = storage.location(root)
 
-    def trial_dir(self, trial_id: str) -> Path:
+    def trial_dir(self, trial_id: str) -> Location:
         return self.root / trial_id
 
     def state(self, trial_id: str) -> dict[str, Any]:
@@ -100,22 +104,20 @@ class CheckpointStore:
     def spec(self, trial_id: str) -> dict[str, Any] | None:
         """The trial's payload as stored at its first attempt (None if never stored)."""
         try:
-            spec = json.loads((self.trial_dir(trial_id) / SPEC_NAME).read_text())
+            spec = json.loads(storage.read_text(self.trial_dir(trial_id) / SPEC_NAME))
         except (OSError, ValueError):
             return None
         return spec if isinstance(spec, dict) else None
 
     def trial_ids(self) -> list[str]:
         """Every trial this store holds anything of."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and (p / STATE_NAME).exists())
+        return [name for name, folder in storage.children(self.root)
+                if folder and storage.exists(self.root / name / STATE_NAME)]
 
     def _write_state(self, trial_id: str, state: dict[str, Any]) -> None:
         state = {k: v for k, v in state.items() if k != "damaged"}
         state["epoch"] = state["checkpoints"][0]["epoch"] if state["checkpoints"] else 0
-        write_bytes_durably(self.trial_dir(trial_id) / STATE_NAME,
+        storage.write_bytes(self.trial_dir(trial_id) / STATE_NAME,
                             json.dumps(state, allow_nan=True).encode())
 
     def _open_state(self, trial_id: str) -> dict[str, Any]:
@@ -123,7 +125,7 @@ class CheckpointStore:
         state = self.state(trial_id)
         if "damaged" in state:
             path = self.trial_dir(trial_id) / STATE_NAME
-            move_aside(path)
+            storage.move_aside(path)
         return state
 
     def begin(self, trial_id: str, spec: dict[str, Any] | None = None,
@@ -137,7 +139,7 @@ class CheckpointStore:
         """
         state = self._open_state(trial_id)
         if spec is not None and self.spec(trial_id) is None:
-            write_bytes_durably(self.trial_dir(trial_id) / SPEC_NAME,
+            storage.write_bytes(self.trial_dir(trial_id) / SPEC_NAME,
                                 json.dumps(spec, sort_keys=True).encode())
         start = self._select(trial_id, state)
         state["attempts"] += 1
@@ -173,7 +175,7 @@ class CheckpointStore:
             path = folder / entry["file"]
             if problem is None:
                 try:
-                    data = path.read_bytes()
+                    data = storage.read_bytes(path)
                 except OSError:
                     problem = "missing"
                 else:
@@ -183,8 +185,8 @@ class CheckpointStore:
                 chosen = entry
                 break
             lost.append((entry["epoch"], problem))
-            if path.exists():
-                move_aside(path)
+            if storage.exists(path):
+                storage.move_aside(path)
         state["checkpoints"] = [e for e in state["checkpoints"]
                                 if chosen is not None and e["epoch"] <= chosen["epoch"]]
         out: dict[str, Any] = {"epoch": chosen["epoch"] if chosen else 0,
@@ -204,7 +206,7 @@ class CheckpointStore:
         folder = self.trial_dir(trial_id)
         if data is not None:
             name = checkpoint_name(epoch)
-            write_bytes_durably(folder / name, data)
+            storage.write_bytes(folder / name, data)
             entry = {"epoch": int(epoch), "file": name, "sha256": sha256(data)}
             older = [e for e in state["checkpoints"] if e["epoch"] < int(epoch)]
             state["checkpoints"] = [entry] + older[:KEEP - 1]
@@ -212,16 +214,28 @@ class CheckpointStore:
         state["history"] = sorted(history + [metrics], key=lambda m: int(m["epoch"]))
         self._write_state(trial_id, state)
         if data is not None:   # only once the state no longer names them
-            kept = {e["file"] for e in state["checkpoints"]}
-            for path in folder.glob("checkpoint*.pth.tar"):
-                if path.name not in kept:
-                    path.unlink(missing_ok=True)
+            self._drop_unnamed(trial_id, state)
+
+    def _drop_unnamed(self, trial_id: str, state: dict[str, Any]) -> None:
+        """Delete the checkpoints the (written) state no longer names."""
+        folder = self.trial_dir(trial_id)
+        kept = {e["file"] for e in state["checkpoints"]}
+        for name in storage.names(folder):
+            if name.startswith("checkpoint") and name.endswith(".pth.tar") and name not in kept:
+                storage.remove(folder / name)
 
     def finish(self, trial_id: str, outcome: str, error: str = "") -> None:
+        """Record the trial's outcome. A completed trial keeps only its final checkpoint
+        (the one before it served only to resume past a damaged one)."""
         state = self._open_state(trial_id)
         state["outcome"] = outcome
         state["error"] = error
+        retain = outcome == "completed" and len(state["checkpoints"]) > 1
+        if retain:
+            state["checkpoints"] = state["checkpoints"][:1]
         self._write_state(trial_id, state)
+        if retain:
+            self._drop_unnamed(trial_id, state)
 
     def outcome(self, trial_id: str) -> str | None:
         return self.state(trial_id)["outcome"]

@@ -20,6 +20,12 @@ What a tracker already holds is read back from it when a driver first touches th
 so the W&B tracker keeps a ledger, and logs a trial whose run a killed driver left open
 again whole: see WandB). A tracker that fails says so in one line and is left alone for the
 rest of the run; the next run catches up from the record.
+
+The trackers write local files only. With results on an object store they write into a
+local staging folder, filled at the start with what the bucket holds of their folders and
+uploaded back (the files that changed) at most every UPLOAD_EVERY_S and when the run ends:
+a driver killed in between loses only the tracker logs since the last upload, which the
+next run rewrites from the record like any tracker log that fell behind.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from orchestrator import storage
 from orchestrator.layout import ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
 from orchestrator.report.progress import compact_options
@@ -452,6 +459,9 @@ def _synced(entry: dict[str, Any]) -> bool:
     return bool(entry.get("dir")) and folder.is_dir() and any(folder.glob("*.wandb.synced"))
 
 
+# How often the trackers' staging folder is uploaded, for results on an object store.
+UPLOAD_EVERY_S = 60.0
+
 KINDS: dict[str, Callable[[ExperimentLayout], EpochLog]] = {
     "tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
 
@@ -466,6 +476,8 @@ class Trackers:
         self.names = ["tensorboard", *dict.fromkeys(n for n in names if n != "tensorboard")]
         self.say = say
         self.active: list[EpochLog] | None = None
+        self.staging: Path | None = None   # the local copy of a remote folder's trackers
+        self.uploaded_at = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks (ours holds the recorder) into its experiment state,
@@ -475,18 +487,55 @@ class Trackers:
     def _start(self) -> list[EpochLog]:
         if self.active is None:
             self.active = []
+            local = self._local_layout()
             for name in self.names:
-                self._guard(name, lambda name=name: self.active.append(KINDS[name](self.layout)))
+                self._guard(name, lambda name=name: self.active.append(KINDS[name](local)))
         return self.active
+
+    def _local_layout(self) -> ExperimentLayout:
+        """The layout the trackers write: the experiment folder, or for a remote one a
+        staging folder holding a copy of its tracker folders."""
+        if not storage.is_remote(self.layout.dir):
+            return self.layout
+        import tempfile
+
+        self.staging = Path(tempfile.mkdtemp(prefix="onorm-trackers-")) / self.layout.name
+        local = ExperimentLayout(self.staging)
+        for remote, copy in self._tracker_folders(local):
+            storage.download_tree(remote, copy)
+        self.uploaded_at = time.time()
+        return local
+
+    def _tracker_folders(self, local: ExperimentLayout):
+        return [(self.layout.tensorboard, local.tensorboard), (self.layout.mlflow, local.mlflow),
+                (self.layout.wandb, local.wandb)]
+
+    def _upload(self, every: float = 0.0) -> None:
+        """Copy the staging folder's changed files to the remote folder (at most every
+        `every` seconds)."""
+        if self.staging is None or time.time() - self.uploaded_at < every:
+            return
+        since, self.uploaded_at = self.uploaded_at, time.time()
+        local = ExperimentLayout(self.staging)
+        for remote, copy in self._tracker_folders(local):
+            # 2 s of slack: a file written in the second the last upload began
+            self._guard("upload", lambda r=remote, c=copy: storage.upload_tree(c, r, since - 2))
 
     def sync(self, spec: TrialSpec, epochs: dict[int, dict[str, Any]], status: str) -> None:
         values = {e: tracked_values(m) for e, m in epochs.items()}
         for tracker in list(self._start()):
             self._guard(tracker.name, lambda t=tracker: t.sync(spec, values, status), tracker)
+        self._upload(every=UPLOAD_EVERY_S)
 
     def close(self) -> None:
         for tracker in list(self.active or ()):
             self._guard(tracker.name, tracker.close, tracker)
+        if self.staging is not None:
+            import shutil
+
+            self._upload()
+            shutil.rmtree(self.staging.parent, ignore_errors=True)
+            self.staging, self.active = None, None
 
     def _guard(self, name: str, action: Callable[[], Any], tracker: EpochLog | None = None):
         try:

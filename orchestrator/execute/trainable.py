@@ -1,8 +1,11 @@
 """The Ray Tune function trainable: one trial = the shared trainer, resumed from the store.
 
 Runs in a Ray worker, possibly on another node. At every start (first try, a retry after
-the worker died, or a new `onorm run` after the driver died) it asks the checkpoint store
-on the driver's node for the trial's latest intact checkpoint and resumes from it. Each
+the worker died, or a new `onorm run` after the driver died) it asks the trial store for the
+trial's latest intact checkpoint and resumes from it. The store is reached through the
+actor on the driver's node when the results are local, or directly when they are on
+storage every node reaches (an object store): then ~200 MB checkpoints go straight from the
+trial's node to the bucket instead of through the driver (`StoreClient`). Each
 epoch the trainer's checkpoint is sent to the store before the epoch is reported to Tune, so
 any epoch the driver has recorded can be resumed from. Tune's own checkpoints are not used.
 
@@ -96,6 +99,29 @@ def attempt_context(trial_id: str, start: dict[str, Any], config) -> dict[str, A
     }
 
 
+class StoreClient:
+    """The trial store as this worker reaches it: `call("put", ...)` runs CheckpointStore's
+    method in the driver's actor (params["store"] names it) or here, on the store's URI."""
+
+    def __init__(self, params: dict[str, Any]):
+        import ray
+
+        self.actor = self.local = None
+        if params.get("store"):
+            self.actor = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
+        else:
+            from orchestrator.execute.store import CheckpointStore
+
+            self.local = CheckpointStore(params["store_root"])
+
+    def call(self, method: str, *args: Any) -> Any:
+        if self.actor is not None:
+            import ray
+
+            return ray.get(getattr(self.actor, method).remote(*args))
+        return getattr(self.local, method)(*args)
+
+
 def resume_point(store, trial_id: str, start: dict[str, Any], folder: Path
                  ) -> tuple[dict[str, Any], Path | None]:
     """(start, path of the checkpoint to resume from, written into `folder`, or None).
@@ -103,8 +129,6 @@ def resume_point(store, trial_id: str, start: dict[str, Any], folder: Path
     A checkpoint the store has no checksum of (a store written before checksums) must load;
     one that does not is set aside in the store, which falls back to the one before.
     """
-    import ray
-
     from trainers.checkpoint import load_checkpoint
     from trainers.errors import UserError
 
@@ -118,8 +142,8 @@ def resume_point(store, trial_id: str, start: dict[str, Any], folder: Path
             load_checkpoint(resume)
             break
         except UserError as err:
-            start = ray.get(store.discard.remote(trial_id, start["epoch"],
-                                                 getattr(err, "reason", "") or "unreadable"))
+            start = store.call("discard", trial_id, start["epoch"],
+                               getattr(err, "reason", "") or "unreadable")
             warnings += [start["warning"]] if start.get("warning") else []
     start = {**start, "warning": " ".join(warnings)}
     return start, resume if start["checkpoint"] is not None else None
@@ -128,27 +152,25 @@ def resume_point(store, trial_id: str, start: dict[str, Any], folder: Path
 def record_failure(store, trial_id: str, err: Exception, params: dict[str, Any]) -> None:
     """A UserError ends the trial as failed, with its message, and is not retried; the
     worker's temporary copy of the checkpoint is gone after this, so name the stored one."""
-    import ray
+    from orchestrator.storage import location
 
-    stored = str(Path(params.get("store_root", "checkpoints")) / trial_id)
+    stored = str(location(params.get("store_root", "checkpoints")) / trial_id)
     temporary = re.compile(rf"\S*onorm-{trial_id}-[^/\s]*/{re.escape(RESUME_NAME)}")
     message = temporary.sub(lambda match: stored, " ".join(str(err).split()))
-    ray.get(store.finish.remote(trial_id, "failed", message))
+    store.call("finish", trial_id, "failed", message)
 
 
 def store_epoch(store, trial_id: str, metrics: dict[str, Any],
                 checkpoint_path: Path | None) -> dict[str, Any]:
     """Send the epoch's metrics and checkpoint to the store (before Tune hears of the epoch,
     so every recorded epoch can be resumed from); returns the metrics as plain numbers."""
-    import ray
-
     epoch = int(metrics["epoch"])
     clean = {k: float(v) if k != "epoch" else epoch for k, v in metrics.items()}
     # A diverged epoch comes with the previous epoch's checkpoint (or none): not its own.
     finite = math.isfinite(clean["train_loss"]) and math.isfinite(clean["val_loss"])
     path = Path(checkpoint_path) if checkpoint_path else None
     data = path.read_bytes() if finite and path is not None and path.exists() else None
-    ray.get(store.put.remote(trial_id, epoch, data, clean))
+    store.call("put", trial_id, epoch, data, clean)
     return clean
 
 
@@ -165,7 +187,6 @@ def run_trial(params: dict[str, Any]) -> None:
     provenance, hooks}.
 
     A trial of several workers runs as a Ray Train job (execute/distributed_trial.py)."""
-    import ray
     from ray import tune
 
     from trainers.errors import UserError
@@ -178,8 +199,8 @@ def run_trial(params: dict[str, Any]) -> None:
         return run_distributed(params)
     trial_id = payload["trial_id"]
     hooks = params.get("hooks") or {}
-    store = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
-    start = ray.get(store.begin.remote(trial_id, payload, node_context(params)))
+    store = StoreClient(params)
+    start = store.call("begin", trial_id, payload, node_context(params))
     model_dir = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-"))
     try:
         start, resume = resume_point(store, trial_id, start, model_dir)
@@ -194,7 +215,7 @@ def run_trial(params: dict[str, Any]) -> None:
 
         outcome = train(config, report, model_dir=model_dir, resume=resume, progress=False,
                         print_freq=0, log=lambda line: print(line, flush=True))
-        ray.get(store.finish.remote(trial_id, outcome.status))
+        store.call("finish", trial_id, outcome.status)
     except UserError as err:
         record_failure(store, trial_id, err, params)
     finally:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator import storage
 from orchestrator.layout import combined_table
 from orchestrator.report.paper import DATASET_NAMES, network_name, paper_entry
 from orchestrator.report.stats import NORM_ORDER, Runs, Summary, excluded_note, summarize
 from orchestrator.report.table import DECIMALS, FILE_SUFFIX, FORMATS, METRICS, TITLES, tex_text
-from trainers.atomic import write_text_atomically
 
 
 @dataclass
@@ -205,6 +205,6 @@ def write_tables(results_root: Path, named_runs: list[tuple[str, Runs]]
     for metric in METRICS:
         for fmt in FORMATS:
             path = combined_table(results_root, names, metric, FILE_SUFFIX[fmt])
-            write_text_atomically(path, render(named_runs, metric, fmt))
+            storage.write_text(path, render(named_runs, metric, fmt))
             written[(metric, fmt)] = path
     return written

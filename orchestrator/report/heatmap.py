@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator import storage
 from orchestrator.report.ranking import dyadic_grid
-from trainers.atomic import replace_atomically
 from trainers.decay import dyadic, fraction_text
 
 
@@ -49,5 +49,5 @@ def plot_heatmap(ranking, path: Path, title: str) -> Path:
     ax.set_title(f"{title}\nbest: afwd {fraction_text(float(best['afwd']))}, "
                  f"abkw {fraction_text(float(best['abkw']))}", fontsize=10)
     fig.tight_layout()
-    replace_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    storage.write_with(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     return path

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import storage
 from orchestrator.layout import ExperimentLayout
 from orchestrator.report.paper import DATASET_NAMES, network_name
 from orchestrator.report.stats import Runs, Setting, curve, load_runs
-from trainers.atomic import replace_atomically
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -106,7 +106,7 @@ def write_plots(exp_dir: Path, include_running: bool = False,
                 runs: Runs | None = None, fmt: str = "png") -> list[Path]:
     """Write the plots that have data as `fmt` (png, pdf or svg); returns their paths (none
     when nothing has run)."""
-    layout = ExperimentLayout(Path(exp_dir))
+    layout = ExperimentLayout(storage.location(exp_dir))
     runs = runs if runs is not None else load_runs(layout.dir, include_running)
     written = []
     for column in PLOTS:
@@ -114,6 +114,6 @@ def write_plots(exp_dir: Path, include_running: bool = False,
         if fig is None:
             continue
         path = layout.plot(column, f".{fmt}")
-        replace_atomically(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format=fmt))
+        storage.write_with(path, lambda tmp, fig=fig: fig.savefig(tmp, dpi=110, format=fmt))
         written.append(path)
     return written

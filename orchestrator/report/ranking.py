@@ -9,6 +9,7 @@ from pathlib import Path
 from orchestrator.layout import ExperimentLayout
 from orchestrator.plan.trial_id import setting_key
 from orchestrator.report.results import read_results
+from orchestrator.storage import location
 from trainers.decay import dyadic_k, fraction_text
 
 RANKING_COLUMNS = ["afwd", "abkw", "median_best_val_acc1", "runs", "stopped", "max_epoch"]
@@ -64,7 +65,7 @@ def rank_configurations(metrics, trials=None, setting: str | None = None):
 
 def load_ranking(exp_dir: Path, setting: str | None = None):
     """rank_configurations over an experiment folder's Parquet files (empty when none yet)."""
-    layout = ExperimentLayout(Path(exp_dir))
+    layout = ExperimentLayout(location(exp_dir))
     metrics = read_results(layout, "metrics")
     trials = read_results(layout, "trials")
     return rank_configurations(metrics, trials, setting)

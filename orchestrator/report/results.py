@@ -10,9 +10,10 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING, Any, Sequence
 
+from orchestrator import storage
 from orchestrator.layout import ExperimentLayout
 from trainers.errors import UserError
-from trainers.parquet_io import DamagedParquet, read_parquet, read_table
+from trainers.parquet_io import DamagedParquet
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,8 +28,8 @@ def read_results(layout: ExperimentLayout, which: str, columns: Sequence[str] | 
     path = layout.metrics if which == "metrics" else layout.trials
     try:
         if arrow:
-            return read_table(path, columns)
-        return read_parquet(path, columns)
+            return storage.read_table(path, columns)
+        return storage.read_parquet(path, columns)
     except FileNotFoundError:
         return None
     except DamagedParquet as err:
@@ -63,7 +64,7 @@ def _resolved(layout: ExperimentLayout) -> dict[str, Any]:
     import yaml
 
     try:
-        resolved = yaml.safe_load(layout.resolved.read_text())
+        resolved = yaml.safe_load(storage.read_text(layout.resolved))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return resolved if isinstance(resolved, dict) else {}

@@ -32,6 +32,7 @@ from norms.modes import ALL_KIND_OPTIONS, options_of
 from orchestrator.layout import IN_PROGRESS_STATUSES, ExperimentLayout
 from orchestrator.plan.trial_id import setting_values
 from orchestrator.report.results import read_results
+from orchestrator.storage import location
 from trainers.decay import fraction_text
 from trainers.errors import UserError
 
@@ -122,7 +123,7 @@ def load_runs(exp_dir: Path, include_running: bool = False) -> Runs:
     """Read metrics.parquet (and trials.parquet if present) and group runs into settings."""
     import pandas as pd
 
-    layout = ExperimentLayout(Path(exp_dir))
+    layout = ExperimentLayout(location(exp_dir))
     metrics_path = layout.metrics
     metrics = read_results(layout, "metrics")
     if metrics is None:

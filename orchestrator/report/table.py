@@ -17,10 +17,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from orchestrator import storage
 from orchestrator.layout import ExperimentLayout
 from orchestrator.report.paper import DATASET_NAMES, network_name, paper_entry
 from orchestrator.report.stats import Runs, Summary, excluded_note, load_runs, summarize
-from trainers.atomic import write_text_atomically
 
 METRICS = ("accuracy", "loss")
 FORMATS = ("md", "csv", "latex")
@@ -145,13 +145,13 @@ def render(runs: Runs, metric: str, fmt: str) -> str:
 def write_tables(exp_dir: Path, include_running: bool = False,
                  runs: Runs | None = None) -> dict[tuple[str, str], Path]:
     """Write every metric in every format; returns {(metric, fmt): path}."""
-    layout = ExperimentLayout(Path(exp_dir))
+    layout = ExperimentLayout(storage.location(exp_dir))
     runs = runs if runs is not None else load_runs(layout.dir, include_running)
     written = {}
     for metric in METRICS:
         for fmt in FORMATS:
             path = layout.table(metric, FILE_SUFFIX[fmt])
-            write_text_atomically(path, render(runs, metric, fmt))
+            storage.write_text(path, render(runs, metric, fmt))
             written[(metric, fmt)] = path
     return written
 
@@ -164,8 +164,8 @@ def write_report(exp_dir: Path, include_running: bool = False) -> list[Path]:
     """
     from orchestrator.report.plot import write_plots
 
-    layout = ExperimentLayout(Path(exp_dir))
-    if not layout.metrics.exists():
+    layout = ExperimentLayout(storage.location(exp_dir))
+    if not storage.exists(layout.metrics):
         return []
     runs = load_runs(layout.dir, include_running)
     paths = list(write_tables(layout.dir, include_running, runs=runs).values())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator import storage
 from orchestrator.layout import ExperimentLayout
 from orchestrator.report.heatmap import plot_heatmap
 from orchestrator.report.ranking import load_ranking, yaml_snippet
-from trainers.atomic import write_text_atomically
 from trainers.decay import fraction_text
 
 
@@ -16,7 +16,7 @@ def write_tuning_report(experiment: str, exp_dir: Path, setting: str | None = No
     """Write tables/ranking.{csv,md}, tables/best.yaml and plots/tuning_heatmap.png; print them.
 
     `setting` ranks only the runs of that recipe (the search's current settings)."""
-    layout = ExperimentLayout(Path(exp_dir))
+    layout = ExperimentLayout(storage.location(exp_dir))
     ranking = load_ranking(layout.dir, setting)
     if ranking.empty:
         print(f"{experiment}: no finished epochs yet in {layout.dir}")
@@ -26,11 +26,11 @@ def write_tuning_report(experiment: str, exp_dir: Path, setting: str | None = No
     out = {"ranking_csv": layout.table("ranking", ".csv"),
            "ranking_md": layout.table("ranking", ".md"),
            "best": layout.table("best", ".yaml"), "heatmap": layout.plot("tuning_heatmap")}
-    write_text_atomically(out["ranking_csv"], ranking.to_csv(index=False))
-    write_text_atomically(out["ranking_md"], markdown(shown) + "\n")
+    storage.write_text(out["ranking_csv"], ranking.to_csv(index=False))
+    storage.write_text(out["ranking_md"], markdown(shown) + "\n")
     best = ranking.iloc[0]
     snippet = yaml_snippet({"afwd": float(best["afwd"]), "abkw": float(best["abkw"])})
-    write_text_atomically(out["best"], snippet)
+    storage.write_text(out["best"], snippet)
     plot_heatmap(ranking, out["heatmap"], f"{experiment}: median best val top-1 over seeds")
 
     print(f"\n{experiment}: {len(ranking)} configurations ranked by the median over seeds of "
