@@ -428,3 +428,23 @@ def test_every_launch_compiles_for_sm90() -> None:
 @pytest.mark.skipif(not TRITON_INTERPRETER, reason="checks the compiler where no GPU runs it")
 def test_every_dtype_ecm_affine_and_layout_compiles_for_sm90() -> None:
     _compile_for_sm90("--all")
+
+
+@pytest.mark.skipif(not TRITON_INTERPRETER, reason="the Triton path on CPU tensors")
+def test_triton_failure_is_recognized_through_the_backward(monkeypatch):
+    # A kernel failing in the backward reaches the caller through autograd's engine; the
+    # frames it passed through still name the Triton path.
+    from norms import online_triton, triton_kernels
+    launch = online_triton._launch
+
+    def failing(kernel, grid, *args, **meta):
+        if kernel is triton_kernels.grad_sums_kernel:
+            raise RuntimeError("launch failed")
+        launch(kernel, grid, *args, **meta)
+    monkeypatch.setattr(online_triton, "_launch", failing)
+    layer = OnlineNorm2d(2, impl="triton")
+    x = torch.randn(2, 2, 2, 2, requires_grad=True)
+    with pytest.raises(RuntimeError) as err:
+        nn.functional.relu(layer(x)).sum().backward()
+    assert norms.impl.triton_failure(err.value)
+    assert not norms.impl.triton_failure(ValueError("elsewhere"))
