@@ -92,10 +92,12 @@ def cancellation_errors(device: str = "cpu", impl: str = "auto") -> dict[str, fl
             # a*(1-a)*d^2 term of a decaying mean (which hid a 9-25% error at 0.5).
             layer = OnlineNorm2d(3, alpha_fwd=0.0, ecm="none", impl=impl).to(device)
             x = x64.to(device, dtype, copy=True)
-            if channels_last:
+            g = g64.to(device, dtype)
+            if channels_last:   # the gradient too, as a channels_last network passes it
                 x = x.contiguous(memory_format=torch.channels_last)
+                g = g.contiguous(memory_format=torch.channels_last)
             x.requires_grad_()
-            layer(x).backward(g64.to(device, dtype))
+            layer(x).backward(g)
             results.append((layer.var.cpu(), layer.weight.grad.cpu()))
         layout = "channels_last" if channels_last else "contiguous"
         errors[f"{layout} var"] = rel_err(results[1][0], results[0][0])
