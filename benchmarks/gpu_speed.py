@@ -33,8 +33,10 @@ Usage: python -m benchmarks.gpu_speed [--sections layers,resnet20,...] [--modes 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchmarks.norm_speed import _interleaved_medians, _layer_step, _sync
@@ -454,11 +456,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="packing: 1 and 4 processes, a short window")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny shapes and batches: a smoke test of the script (CPU)")
+    parser.add_argument("--state", metavar="FILE",
+                        help="JSON file of the rates measured so far: read at the start, "
+                             "written after each section (so that sections run as separate "
+                             "steps, and the projection prices what they measured)")
     parser.add_argument("--worker", nargs=2, type=float, metavar=("START_AT", "SECONDS"),
                         help=argparse.SUPPRESS)   # one process of the packing section
     args = parser.parse_args(argv)
     if args.worker:
         import torch
+        if args.device == "cpu":
+            torch.set_num_threads(1)
         packing_worker(args.worker[0], args.worker[1], torch.device(args.device), args.tiny)
         return 0
     known = {m.split()[0] for m, _ in MODES}
@@ -477,12 +485,36 @@ def main(argv: list[str] | None = None) -> int:
               "machine with an NVIDIA GPU", file=sys.stderr)
         return 2
     device = torch.device(args.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # a smoke run: one thread, so that other jobs on the machine cannot stall each op
+        torch.set_num_threads(1)
+    try:
+        return _run_sections(args, names, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_sections(args: argparse.Namespace, names: list[str], device) -> int:
+    import torch
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke)"
     print(f"torch {torch.__version__}, {where}, sections: {', '.join(names)}")
-    measured: dict = {}
+    measured: dict = _load_state(args.state)
     for name in names:
         SECTIONS[name](args, device, measured)
+        if args.state:
+            Path(args.state).write_text(json.dumps(measured, indent=1, sort_keys=True))
     return 0
+
+
+def _load_state(path: str | None) -> dict:
+    if not path or not Path(path).exists():
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError:
+        print(f"gpu_speed: --state {path} is not JSON; starting from nothing", file=sys.stderr)
+        return {}
 
 
 if __name__ == "__main__":

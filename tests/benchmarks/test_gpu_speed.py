@@ -47,3 +47,15 @@ def test_bad_options_are_one_line(argv, message, capsys):
         gpu_speed.main(["--device", "cpu", *argv])
     assert err.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_triton_warm_up_workloads_run(index, monkeypatch):
+    # cuda_checks.sh runs them on the GPU to fill Triton's cache; here eagerly on the CPU,
+    # so that a Python error in one cannot cost device minutes.
+    from benchmarks import warm_triton
+    monkeypatch.setattr(warm_triton, "DEVICE", "cpu")
+    monkeypatch.setattr(warm_triton, "IMPL", "eager")
+    name, run = warm_triton.WORKLOADS[index]
+    assert name.startswith("resnet20")
+    run()
