@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -479,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         parser.error(f"--sections: unknown section(s) {', '.join(unknown) or '(none given)'}; "
                      f"choose from {', '.join(SECTIONS)}")
+    # Before cuBLAS first runs, as a seeded trial's process sets it (trainers/train.py): the
+    # seeded mode is deterministic only with it, and the others are not slowed by it.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_speed: no CUDA device (torch.cuda.is_available() is False): run it on a "
