@@ -60,6 +60,29 @@ def _along_row(coef: torch.Tensor, w: int) -> torch.Tensor:
     return coef.repeat(1, w)[:, None, :]
 
 
+# Elements of the product tile _row_dots works on at a time: about 1 MB of float32, so that
+# the product is summed while it is still in cache.
+_DOT_TILE = 1 << 18
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, L, C) x (N, L, C) -> (N, C): sum over L of a*b, a few samples at a time. Whole,
+    the product would be an activation-sized temporary, written to memory and read back (and
+    for the largest layers, above malloc's mmap threshold, fresh pages every call)."""
+    n, length, c = a.shape
+    step = max(1, _DOT_TILE // (length * c))
+    if step >= n:
+        return torch.mul(a, b).sum(1)
+    out = torch.empty((n, c), dtype=a.dtype, device=a.device)
+    tile = torch.empty((step, length, c), dtype=a.dtype, device=a.device)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        part = tile[:stop - start]
+        torch.mul(a[start:stop], b[start:stop], out=part)
+        torch.sum(part, 1, out=out[start:stop])
+    return out
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -124,8 +147,7 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # matrix; the cancellation check below guards float32 as it does the pass above.
         rows = _nhwc(x)
         total = rows.sum(1)
-        # vecdot: the sum of squares without an activation-sized temporary
-        sum_sq = torch.linalg.vecdot(rows, rows, dim=1)
+        sum_sq = _row_dots(rows, rows)
         exact_enough = x.dtype == torch.float64
     else:
         # Sums accumulated in float64: E[x^2] - E[x]^2 then keeps its digits unless the mean
@@ -198,7 +220,7 @@ def grad_sums(grad: torch.Tensor, x: torch.Tensor,
         # offset of 1e4 times the spread (tests/norms/test_online_dtypes.py).
         rows_g = _nhwc(grad)
         sum_g = _samples_last(rows_g.sum(1), n, c)
-        sum_gx = _samples_last(torch.linalg.vecdot(rows_g, _nhwc(x), dim=1), n, c)
+        sum_gx = _samples_last(_row_dots(rows_g, _nhwc(x)), n, c)
         return sum_g, sum_gx.addcmul_(mean, sum_g, value=-1)
     acc = _acc_dtype(x.dtype)
     if x.dtype in _LOW_PRECISION:

@@ -109,3 +109,26 @@ def cancellation_errors(device: str = "cpu", impl: str = "auto") -> dict[str, fl
 def test_cancellation_in_float32_statistics(device: str) -> None:
     errors = cancellation_errors(device)
     assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("tile", [64, 1 << 18])
+def test_channels_last_passes_agree_with_contiguous_ones(tile, monkeypatch):
+    # channels_last has CPU passes of its own (norms/passes.py), whose sums of products
+    # run a few samples at a time when the tile is smaller than the batch.
+    from norms import passes
+    monkeypatch.setattr(passes, "_DOT_TILE", tile)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, 5, 3, generator=gen) * 3 + 1
+    g = torch.randn(6, 4, 5, 3, generator=gen)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        layer = OnlineNorm2d(4, ecm="ls")
+        xi = x.clone(memory_format=fmt).requires_grad_()
+        for _ in range(2):
+            xi.grad = None
+            out = layer(xi)
+            out.backward(g.contiguous(memory_format=fmt))
+        assert out.is_contiguous(memory_format=fmt) and xi.grad.is_contiguous(memory_format=fmt)
+        results.append([out.detach(), xi.grad, layer.weight.grad, layer.u, layer.v, layer.var])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
