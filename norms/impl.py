@@ -63,3 +63,18 @@ def _cannot_run(device: torch.device) -> str:
             f"CUDA tensors, and on CPU tensors only in Triton's interpreter "
             f"(TRITON_INTERPRET=1 set before the kernels are first used); move the layer "
             f"to CUDA or use impl='auto' or impl='eager'")
+
+
+def triton_failure(err: BaseException) -> bool:
+    """Whether `err` was raised in Triton or in this package's Triton path (compiling or
+    launching a kernel), judged by the frames it passed through."""
+    if type(err).__module__.split(".")[0] == "triton":
+        return True
+    tb = err.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "/triton/" in name or name.endswith(("norms/online_triton.py",
+                                                "norms/triton_kernels.py")):
+            return True
+        tb = tb.tb_next
+    return False

@@ -39,6 +39,21 @@ def _one(device: torch.device) -> torch.Tensor:
     return torch.ones((), dtype=torch.float64, device=device)
 
 
+def keep_finite_state(u: torch.Tensor, v: torch.Tensor, u_new: torch.Tensor,
+                      v_new: torch.Tensor) -> None:
+    """u, v <- u_new, v_new in the channels where both are finite (in the buffers' dtype);
+    the others keep their state.
+
+    A non-finite incoming gradient (float16 loss scaling overflowing, which GradScaler
+    answers by skipping the step) would otherwise make u or v non-finite for good, and every
+    later gradient NaN. The mask is computed on the device: no host synchronization."""
+    u_new, v_new = u_new.to(u.dtype), v_new.to(v.dtype)
+    # inf - inf and NaN + anything are not finite: one test covers both states.
+    finite = torch.isfinite(u_new + v_new)
+    u.copy_(torch.where(finite, u_new, u))
+    v.copy_(torch.where(finite, v_new, v))
+
+
 class OnlineNormFunction(torch.autograd.Function):
     """Training-mode Online Normalization on an (N, C, H, W) input; updates m, var, u, v."""
 
@@ -111,7 +126,9 @@ class OnlineNormFunction(torch.autograd.Function):
         grad = grad_out
         if ecm == "ac":
             z = passes.scale_shift(x, scale, shift)   # without ls these are a0 and b0
-            grad = grad_out * ((z >= -clamp_val) & (z <= clamp_val))
+            # A select, not a product: a non-finite gradient where the clamp acted stops
+            # here (inf*0 would be NaN), as in the Triton kernels and clamp's own gradient.
+            grad = torch.where((z >= -clamp_val) & (z <= clamp_val), grad_out, 0)
             del z
         # sum_hw G and sum_hw G*(x - mu), per (n, c).
         sum_g, sum_gxc = passes.grad_sums(grad, x, mu)
@@ -154,8 +171,7 @@ class OnlineNormFunction(torch.autograd.Function):
         u_in = r * mean_t
         u_all = constant_decay(u, chain.gather(u_in) if chain else u_in, beta, 1.0)
         u_i = chain.local(u_all[:, :-1]) if chain else u_all[:, :-1]
-        u.copy_(u_all[:, -1])
-        v.copy_(v_all[:, -1])
+        keep_finite_state(u, v, u_all[:, -1], v_all[:, -1])
         if chain:   # the state's terms back at this rank's gradient scale
             v_i, u_i = v_i * chain.world, u_i * chain.world
 

@@ -31,6 +31,58 @@ def _fast(*tensors: torch.Tensor) -> bool:
                and t.is_contiguous() for t in tensors)
 
 
+def _fast_channels_last(*tensors: torch.Tensor) -> bool:
+    """CPU float32/float64 tensors in channels_last (NHWC) memory, each of whose samples is
+    an (H*W, C) row-major matrix: reductions over H*W then run along rows, vectorized over
+    the contiguous channels."""
+    return all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+               and t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+               for t in tensors)
+
+
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last (N, C, H, W) tensor as an (N, H*W, C) view (no copy)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n, h * w, c)
+
+
+def _image_rows(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last (N, C, H, W) tensor as an (N, H, W*C) view: image rows, each W*C
+    long, so that elementwise passes run long inner loops (over one sample's C channels
+    alone, they ran 16 elements at a time and several times slower)."""
+    n, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(n, h, w * c)
+
+
+def _along_row(coef: torch.Tensor, w: int) -> torch.Tensor:
+    """An (N, C) per-(n, c) coefficient repeated for each of W positions: (N, 1, W*C), to
+    broadcast over _image_rows (a small copy, N*W*C elements)."""
+    return coef.repeat(1, w)[:, None, :]
+
+
+# Elements of the product tile _row_dots works on at a time: about 1 MB of float32, so that
+# the product is summed while it is still in cache.
+_DOT_TILE = 1 << 18
+
+
+def _row_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, L, C) x (N, L, C) -> (N, C): sum over L of a*b, a few samples at a time. Whole,
+    the product would be an activation-sized temporary, written to memory and read back (and
+    for the largest layers, above malloc's mmap threshold, fresh pages every call)."""
+    n, length, c = a.shape
+    step = max(1, _DOT_TILE // (length * c))
+    if step >= n:
+        return torch.mul(a, b).sum(1)
+    out = torch.empty((n, c), dtype=a.dtype, device=a.device)
+    tile = torch.empty((step, length, c), dtype=a.dtype, device=a.device)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        part = tile[:stop - start]
+        torch.mul(a[start:stop], b[start:stop], out=part)
+        torch.sum(part, 1, out=out[start:stop])
+    return out
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -90,6 +142,13 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             flat, flat, ones, None, None, _constant(0.0, nc, x.dtype, x.device), ones, True,
             0.0, [False, True, True])
         exact_enough = x.dtype == torch.float64
+    elif _fast_channels_last(x) and hw > 1:
+        # The same two sums in the input's dtype, along the rows of each sample's (H*W, C)
+        # matrix; the cancellation check below guards float32 as it does the pass above.
+        rows = _nhwc(x)
+        total = rows.sum(1)
+        sum_sq = _row_dots(rows, rows)
+        exact_enough = x.dtype == torch.float64
     else:
         # Sums accumulated in float64: E[x^2] - E[x]^2 then keeps its digits unless the mean
         # exceeds the spread by ~1e5, with no data-dependent check (which would make the
@@ -106,7 +165,10 @@ def spatial_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return mean, var.clamp_min_(0)
     # Past this check var >= ratio*E[x^2] >= 0, so no clamp is needed.
     if float(torch.sub(var, mean_sq, alpha=_CANCELLATION_RATIO).min()) < 0:
-        mean, var = torch.batch_norm_update_stats(_flat_channels(x), None, None, 0.0)
+        if x.is_contiguous():
+            mean, var = torch.batch_norm_update_stats(_flat_channels(x), None, None, 0.0)
+        else:   # channels_last: centred statistics along each sample's rows
+            var, mean = torch.var_mean(_nhwc(x), 1, correction=0)
         return _samples_last(mean, n, c), _samples_last(var, n, c)
     return mean, var
 
@@ -132,6 +194,11 @@ def scale_shift(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> to
             False, 0.0, 0.0, out=_flat_channels(out), save_mean=_empty(x.dtype),
             save_invstd=_empty(x.dtype))
         return out
+    if _fast_channels_last(x):
+        w = x.shape[3]
+        torch.addcmul(_along_row(shift, w), _image_rows(x), _along_row(scale, w),
+                      out=_image_rows(out))
+        return out
     return torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None], out=out)
 
 
@@ -146,6 +213,15 @@ def grad_sums(grad: torch.Tensor, x: torch.Tensor,
             _flat_channels(grad), _flat_channels(x), ones, None, None,
             _samples_first(mean, x.dtype).view(n * c), ones, True, 0.0, [False, True, True])
         return _samples_last(sum_g, n, c), _samples_last(sum_gxc, n, c)
+    if _fast_channels_last(grad, x) and grad.dtype == x.dtype:
+        # sum(g*x) - mean*sum(g) from two reductions, no temporary: uncentred, but a float32
+        # x with an offset has no more digits than that to lose (the offset's rounding in
+        # a centred x - mean costs as much), and float32 against float64 stays ~1e-6 at an
+        # offset of 1e4 times the spread (tests/norms/test_online_dtypes.py).
+        rows_g = _nhwc(grad)
+        sum_g = _samples_last(rows_g.sum(1), n, c)
+        sum_gx = _samples_last(_row_dots(rows_g, _nhwc(x)), n, c)
+        return sum_g, sum_gx.addcmul_(mean, sum_g, value=-1)
     acc = _acc_dtype(x.dtype)
     if x.dtype in _LOW_PRECISION:
         grad, x = grad.float(), x.float()
@@ -163,5 +239,8 @@ def combine(grad: torch.Tensor, x: torch.Tensor, p: torch.Tensor, neg_q: torch.T
     neg_q = _samples_first(neg_q, x.dtype)
     if x.is_contiguous() and out.is_contiguous():
         _rows(out).addcmul_(_rows(x), _rows(neg_q), value=-1)
+        return out
+    if _fast_channels_last(x, out) and x.dtype == out.dtype:
+        _image_rows(out).addcmul_(_image_rows(x), _along_row(neg_q, x.shape[3]), value=-1)
         return out
     return out.addcmul_(x, neg_q[:, :, None, None], value=-1)

@@ -292,7 +292,9 @@ def scale_shift_kernel(x_ptr, coef_ptr, out_ptr, consts_ptr, N, C, HW, sx_n, sx_
     z = tl.fma(xv.to(a.dtype), a, b)
     if ECM == ECM_AC:
         clamp = _clamp_value(consts_ptr, z.dtype)
-        z = tl.clamp(z, -clamp, clamp, propagate_nan=tl.PropagateNan.ALL)
+        # Two selects, not tl.clamp: Triton 3.8 lowers a symmetric tl.clamp to an instruction
+        # with no float64 form on sm_90. NaN fails both tests and passes through, as in torch.
+        z = tl.where(z < -clamp, -clamp, tl.where(z > clamp, clamp, z))
     tl.store(out_ptr + _offsets(n, c, hw, so_n, so_c, so_hw), z.to(out_ptr.dtype.element_ty),
              mask=mask)
 
@@ -453,6 +455,13 @@ def _chain_terms(terms_ptr, rows, row_ok, c, c_ok, N, C):
     return coef, ev, ueg, uey
 
 
+@triton.jit
+def _finite(t):
+    # Not NaN (which fails every comparison) and not infinite: |t| <= float64's largest
+    # value, a literal too large for float32, so the comparison is in float64.
+    return tl.abs(t) <= 1.7976931348623157e308
+
+
 @triton.jit(do_not_specialize=["N", "LO", "NL", "WORLD"])
 def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr, gw_ptr,
                          gb_ptr, coef_ptr, terms_ptr, consts_ptr, N, LO, NL, C, HW, WORLD,
@@ -473,8 +482,10 @@ def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr
     c_ok = c < C
     j = tl.arange(0, BLOCK_N)
     w, b = _params(w_ptr, b_ptr, c, c_ok, BLOCK_C, HAS_AFFINE)
-    u_s = tl.load(u_ptr + c, mask=c_ok, other=0.0).to(tl.float64)
-    v_s = tl.load(v_ptr + c, mask=c_ok, other=0.0).to(tl.float64)
+    u_old = tl.load(u_ptr + c, mask=c_ok, other=0.0)
+    v_old = tl.load(v_ptr + c, mask=c_ok, other=0.0)
+    u_s = u_old.to(tl.float64)
+    v_s = v_old.to(tl.float64)
     grad_w = tl.zeros([BLOCK_C], dtype=tl.float64)
     grad_b = tl.zeros([BLOCK_C], dtype=tl.float64)
     beta_s = tl.load(consts_ptr + K_BETA)
@@ -534,8 +545,14 @@ def backward_scan_kernel(sums_ptr, saved_ptr, fk_ptr, w_ptr, b_ptr, u_ptr, v_ptr
             tl.store(coef_ptr + N * C + offs, rest.to(ty), mask=ok0)
             u_s = _last_row(beta_s * u_i + r0 * (eg0 - one_b * v_i * ey0), is_last)
             v_s = _last_row(coef0 * v_i + ev0, is_last)
-    tl.store(u_ptr + c, u_s.to(u_ptr.dtype.element_ty), mask=c_ok)
-    tl.store(v_ptr + c, v_s.to(v_ptr.dtype.element_ty), mask=c_ok)
+    # A channel whose new u or v is not finite in the buffers' dtype (a non-finite incoming
+    # gradient: float16 loss scaling overflowed, and GradScaler skips the step) keeps its
+    # state, which would otherwise stay non-finite for good.
+    u_new = u_s.to(u_ptr.dtype.element_ty)
+    v_new = v_s.to(v_ptr.dtype.element_ty)
+    finite = _finite(u_new.to(tl.float64)) & _finite(v_new.to(tl.float64))
+    tl.store(u_ptr + c, tl.where(finite, u_new, u_old), mask=c_ok)
+    tl.store(v_ptr + c, tl.where(finite, v_new, v_old), mask=c_ok)
     if HAS_AFFINE:
         tl.store(gw_ptr + c, grad_w.to(gw_ptr.dtype.element_ty), mask=c_ok)
         tl.store(gb_ptr + c, grad_b.to(gb_ptr.dtype.element_ty), mask=c_ok)

@@ -93,6 +93,11 @@ EcmMode = Literal[ECM_MODES]
 NormWeightDecay = Literal[NORM_WD_MODES]
 AmpDtype = Literal["bfloat16", "float16"]
 ImageDecoder = Literal["pil", "gpu"]
+# Online Norm's training op: Triton kernels on CUDA (auto), or either one forced.
+NormImpl = Literal["auto", "triton", "eager"]
+# Which float32 GPU math may run in TF32: cuDNN convolutions (PyTorch's default), none, or
+# convolutions and matmuls.
+Tf32 = Literal["conv", "none", "all"]
 
 
 @dataclass(frozen=True)
@@ -181,6 +186,16 @@ class TrialConfig:
     cuda_graph: bool = setting(False, "replay each training step from a CUDA graph (one "
                                       "launch per step); on the CPU it trains eagerly",
                                launch_only=True)
+    # PyTorch's own defaults, the precision every trial so far ran in: cuDNN convolutions in
+    # TF32 on GPUs that have it (Ampere on), matmuls (the fc layer) in full float32. It
+    # changes what a trial computes, so it is part of the recipe (and of the id when not conv).
+    tf32: Tf32 = setting("conv", "float32 GPU math in TF32: conv (cuDNN convolutions, "
+                                 "PyTorch's default), none, or all (convolutions and matmuls)")
+    # Both implementations compute the same step (to rounding): how a trial runs, not what.
+    norm_impl: NormImpl = setting("auto", "Online Norm's training op: auto (Triton kernels on "
+                                          "CUDA, eager ops elsewhere), triton, or eager (the "
+                                          "PyTorch ops; use it where Triton fails)",
+                                  launch_only=True)
     # What a plugin norm imports (module:attr), resolved from its name once, when the trial is
     # planned: the trial id hashes it, and every node imports this path, never the name.
     norm_path: str = setting("", "import path of a plugin normalizer (from norm)",
@@ -454,6 +469,10 @@ def validate(c: TrialConfig) -> None:
     if c.amp_dtype != "bfloat16" and not c.amp:
         raise ConfigError(f"amp_dtype {c.amp_dtype!r} applies only with amp on: set amp (--amp) "
                           "or drop amp_dtype", "amp_dtype")
+    if c.norm_impl == "triton" and c.device == "cpu":
+        raise ConfigError("norm_impl triton needs a CUDA device (Triton's kernels do not run "
+                          "on the cpu): use norm_impl auto or eager, or a cuda device",
+                          "norm_impl")
     if c.cuda_graph and c.amp and c.amp_dtype == "float16":
         raise ConfigError("cuda_graph with float16 amp: float16 needs dynamic loss scaling, "
                           "which waits for the GPU every step; use amp_dtype bfloat16, or drop "

@@ -168,7 +168,8 @@ def build_model(config: "TrialConfig", num_classes: int, input_size: int) -> nn.
         # a plugin by the import path it was planned with, never re-resolved from its name
         norm_layer = norms.norm_factory(config.norm_path or config.norm, alpha_fwd=config.afwd,
                                         alpha_bkw=config.abkw, ecm=config.ecm,
-                                        gn_num_groups=config.gn_num_groups)
+                                        gn_num_groups=config.gn_num_groups,
+                                        impl=config.norm_impl)
     except ValueError as err:
         raise UserError(str(err)) from None
     try:

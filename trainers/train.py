@@ -92,6 +92,7 @@ def _reproducible(seed: int | None) -> Iterator[None]:
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     # cuBLAS needs this before its first use to be deterministic
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
@@ -101,11 +102,40 @@ def _reproducible(seed: int | None) -> Iterator[None]:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    # Deterministic mode would also fill every torch.empty with NaN: an extra write of each
+    # output and gradient per step (the Triton path allocates with empty), for reads of
+    # uninitialized memory that nothing here makes (the kernels' NaN-guard tests check it).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+@contextmanager
+def _tf32(mode: str) -> Iterator[None]:
+    """Float32 GPU math in TF32 as the recipe says (config.tf32); restored afterwards."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        # The per-backend API (torch >= 2.9); mixing it with allow_tf32 is an error there.
+        matmul = torch.backends.cuda.matmul
+        saved = (conv.fp32_precision, matmul.fp32_precision)
+        conv.fp32_precision = "tf32" if mode in ("conv", "all") else "ieee"
+        matmul.fp32_precision = "tf32" if mode == "all" else "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = mode in ("conv", "all")
+    torch.backends.cuda.matmul.allow_tf32 = mode == "all"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _nan_metrics(epoch: int, lr: float) -> dict[str, Any]:
@@ -147,6 +177,9 @@ class _Trainer:
         self.recipe = config
         self.progress, self.print_freq = progress and self.ranks.is_main, print_freq
         self.device = resolve_device(config.device)
+        if config.norm_impl == "triton" and self.device.type != "cuda":
+            raise UserError(f"norm_impl triton needs a CUDA device, and this trial runs on "
+                            f"the {self.device.type}: use norm_impl auto or eager")
         self.data = build_data(config, self.device, self.ranks)
         self.model = build_model(config, self.data.num_classes, self.data.input_size)
         self.memory_format = (torch.channels_last if config.channels_last
@@ -172,6 +205,7 @@ class _Trainer:
                    "is not used by multi-worker trials (DDP's all-reduce runs outside the "
                    "graph); training eagerly")
             self.notes.append(f"note: cuda_graph {why}")
+        self.stepped = False   # whether a training step has run (see _first_step)
         self.epochs_done = 0
         self.best_acc1: float | None = None
         self.best_epoch: int | None = None
@@ -245,7 +279,10 @@ class _Trainer:
         with epoch_progress(self.progress, f"epoch {epoch}/{self.config.epochs}",
                             total) as bar:
             for i, (images, labels) in enumerate(self.data.train_batches(epoch), start=1):
-                step(self.layout(images), labels)
+                if self.stepped:
+                    step(self.layout(images), labels)
+                else:
+                    self._first_step(step, images, labels)
                 # the same steps on every rank: a look is a collective in a group
                 printed = self.print_freq > 0 and i % self.print_freq == 0
                 if i % DIVERGENCE_CHECK_STEPS and not printed:
@@ -260,6 +297,22 @@ class _Trainer:
                     self.log(f"epoch {epoch} [{i}/{total}] {text}")
         summary = meter.summary()
         return summary, summary.nonfinite
+
+    def _first_step(self, step: Callable, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """The run's first step, where Triton compiles Online Norm's kernels: a failure
+        there is one line naming the setting that avoids them."""
+        from norms.impl import triton_failure
+        try:
+            step(self.layout(images), labels)
+        except Exception as err:
+            if not triton_failure(err):
+                raise
+            first = (str(err).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"Online Norm's Triton kernels failed at the first step "
+                            f"({type(err).__name__}: {first}): set norm_impl eager (--norm-impl "
+                            "eager, or --set norm_impl=eager) to train with the eager ops"
+                            ) from None
+        self.stepped = True
 
     def run_epoch(self, epoch: int) -> tuple[dict[str, Any], bool]:
         if epoch > 1:
@@ -326,7 +379,7 @@ def train(config: TrialConfig, report: Report | None = None, *, model_dir: str |
                         f"{model_dir} to continue it, or choose another --model-dir")
     progress = default_progress() if progress is None else progress
     retain_freed_memory()   # before the first batch: keeps step tensors from page-faulting
-    with _reproducible(config.seed):
+    with _reproducible(config.seed), _tf32(config.tf32):
         run = _Trainer(config, model_dir, progress, print_freq, log)
         if resume is not None:
             run.restore(resume)

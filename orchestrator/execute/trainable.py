@@ -52,7 +52,8 @@ def device_name(config) -> str:
     import torch
 
     if config.device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+        # the float32 math the recipe chose for it (config.tf32), beside the GPU's name
+        return f"{torch.cuda.get_device_name(0)} (tf32 {config.tf32})"
     return "cpu"
 
 

@@ -92,10 +92,12 @@ def cancellation_errors(device: str = "cpu", impl: str = "auto") -> dict[str, fl
             # a*(1-a)*d^2 term of a decaying mean (which hid a 9-25% error at 0.5).
             layer = OnlineNorm2d(3, alpha_fwd=0.0, ecm="none", impl=impl).to(device)
             x = x64.to(device, dtype, copy=True)
-            if channels_last:
+            g = g64.to(device, dtype)
+            if channels_last:   # the gradient too, as a channels_last network passes it
                 x = x.contiguous(memory_format=torch.channels_last)
+                g = g.contiguous(memory_format=torch.channels_last)
             x.requires_grad_()
-            layer(x).backward(g64.to(device, dtype))
+            layer(x).backward(g)
             results.append((layer.var.cpu(), layer.weight.grad.cpu()))
         layout = "channels_last" if channels_last else "contiguous"
         errors[f"{layout} var"] = rel_err(results[1][0], results[0][0])
@@ -107,3 +109,26 @@ def cancellation_errors(device: str = "cpu", impl: str = "auto") -> dict[str, fl
 def test_cancellation_in_float32_statistics(device: str) -> None:
     errors = cancellation_errors(device)
     assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("tile", [64, 1 << 18])
+def test_channels_last_passes_agree_with_contiguous_ones(tile, monkeypatch):
+    # channels_last has CPU passes of its own (norms/passes.py), whose sums of products
+    # run a few samples at a time when the tile is smaller than the batch.
+    from norms import passes
+    monkeypatch.setattr(passes, "_DOT_TILE", tile)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 4, 5, 3, generator=gen) * 3 + 1
+    g = torch.randn(6, 4, 5, 3, generator=gen)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        layer = OnlineNorm2d(4, ecm="ls")
+        xi = x.clone(memory_format=fmt).requires_grad_()
+        for _ in range(2):
+            xi.grad = None
+            out = layer(xi)
+            out.backward(g.contiguous(memory_format=fmt))
+        assert out.is_contiguous(memory_format=fmt) and xi.grad.is_contiguous(memory_format=fmt)
+        results.append([out.detach(), xi.grad, layer.weight.grad, layer.u, layer.v, layer.var])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

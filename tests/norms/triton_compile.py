@@ -6,7 +6,7 @@ a GPU machine. This records the launches that training steps of several configur
 make (without running them; the kernels must not be interpreted), specializes their
 arguments as the JIT would, and compiles each distinct kernel to a cubin for the target
 (sm_90 by default, Triton's own ptxas). Usage: python tests/norms/triton_compile.py [--arch 90]
-[--ptxas-info] [--cases K]; prints one line per compiled variant, exits 1 if any fails.
+[--ptxas-info] [--cases K | --all]; prints one line per compiled variant, exits 1 if any fails.
 Each case runs once alone and once as rank 1 of a chain over 2 ranks (norms.sync), whose
 backward launches kernels of its own.
 """
@@ -21,14 +21,23 @@ import tempfile
 from typing import Any
 
 # (shape, dtype name, ecm, affine, channels_last): the layouts and modes the layers meet.
-# The first three reach every kernel and every ecm branch.
-CASES = [((8, 4, 5, 6), "float32", "ls", True, False),
-         ((8, 4, 5, 6), "bfloat16", "ac", True, True),
-         ((8, 4, 5, 6), "float16", "none", False, False),
-         ((8, 4, 5, 6), "float64", "ls", True, True),
+# The first four reach every kernel and every ecm branch, float64 'ac' included (a clamp
+# that Triton 3.8 once lowered to an instruction without a float64 form on sm_90); the
+# special shapes follow, then every other dtype x ecm x affine x layout (`--all`).
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+SMALL = (8, 4, 5, 6)
+CASES = [(SMALL, "float32", "ls", True, False),
+         (SMALL, "bfloat16", "ac", True, True),
+         (SMALL, "float16", "none", False, False),
+         (SMALL, "float64", "ac", False, True),
+         (SMALL, "float64", "ls", True, True),
          ((300, 6, 1, 1), "float32", "ls", True, False),      # 1d layer, chunked scan
          ((32, 256, 56, 56), "float32", "ls", True, False),   # split reductions
          ((32, 256, 56, 56), "float32", "ac", True, True)]
+ALL_CASES = CASES + [(SMALL, dtype, ecm, affine, channels_last)
+                     for dtype in DTYPES for ecm in ("ls", "ac", "none")
+                     for affine in (True, False) for channels_last in (False, True)
+                     if (SMALL, dtype, ecm, affine, channels_last) not in CASES]
 
 
 class _Chain:
@@ -41,7 +50,7 @@ class _Chain:
         return torch.cat([t, t], dim=1)
 
 
-def record_launches(cases: int = len(CASES)) -> list[tuple[Any, tuple, dict]]:
+def record_launches(cases: list | None = None) -> list[tuple[Any, tuple, dict]]:
     import torch
 
     from norms import online_triton, triton_kernels
@@ -49,7 +58,7 @@ def record_launches(cases: int = len(CASES)) -> list[tuple[Any, tuple, dict]]:
     launches: list[tuple[Any, tuple, dict]] = []
     online_triton._launch = lambda kernel, grid, *args, **meta: launches.append(
         (kernel, args, meta))
-    for shape, dtype, ecm, affine, channels_last in CASES[:cases]:
+    for shape, dtype, ecm, affine, channels_last in (CASES if cases is None else cases):
         c = shape[1]
         x = torch.zeros(shape, dtype=getattr(torch, dtype))   # never read: nothing runs
         if channels_last:
@@ -65,7 +74,7 @@ def record_launches(cases: int = len(CASES)) -> list[tuple[Any, tuple, dict]]:
     return launches
 
 
-def compile_all(arch: int, ptxas_info: bool, cases: int = len(CASES)) -> int:
+def compile_all(arch: int, ptxas_info: bool, cases: list | None = None) -> int:
     import triton
     from triton._C.libtriton import native_specialize_impl
     from triton.backends.compiler import GPUTarget
@@ -135,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ptxas-info", action="store_true", help="print registers and spills")
     parser.add_argument("--cases", type=int, default=len(CASES),
                         help=f"compile the launches of the first CASES cases (of {len(CASES)})")
+    parser.add_argument("--all", action="store_true",
+                        help=f"every dtype x ecm x affine x layout besides ({len(ALL_CASES)} "
+                             "cases)")
     args = parser.parse_args(argv)
-    return compile_all(args.arch, args.ptxas_info, args.cases)
+    cases = ALL_CASES if args.all else CASES[:args.cases]
+    return compile_all(args.arch, args.ptxas_info, cases)
 
 
 if __name__ == "__main__":

@@ -80,3 +80,16 @@ def test_launch_options_keep_the_id_and_recipe_options_change_it():
     same = trial.config.replace(workers=0, device="cpu", data_dir="/elsewhere")
     assert make_trial_id(same, trial.synthetic) == trial.trial_id
     assert make_trial_id(trial.config.replace(lr=0.05), trial.synthetic) != trial.trial_id
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_norm_impl_keeps_every_recorded_id_and_tf32_off_its_default_is_a_new_trial(name):
+    # norm_impl picks the kernels that compute the same step (a launch option); tf32 is the
+    # recipe's float32 GPU math, at its default ("conv", what every recorded trial ran) in
+    # every golden trial.
+    for t in project_trials()[name]:
+        assert t.config.norm_impl == "auto" and t.config.tf32 == "conv"
+        for impl in ("eager", "triton"):   # (triton needs a device that may be CUDA)
+            moved = t.config.replace(norm_impl=impl, device="auto")
+            assert make_trial_id(moved, t.synthetic) == t.trial_id
+        assert make_trial_id(t.config.replace(tf32="none"), t.synthetic) != t.trial_id
