@@ -39,7 +39,7 @@ is then the state before sample i. Where the map of sample i-1 itself depends on
 before sample i-1 (var's on m, u's on v), a second scan with inputs shifted by two gives
 that state.
 
-All statistics and recurrences run in float64 (DESIGN.md: 0.999 rounded to float32 is off
+All statistics and recurrences run in float64 (docs/norms.md: 0.999 rounded to float32 is off
 by 1e-5), the layer's float constants included (read from a float64 tensor). Sizes that only
 bound masks and loops are not specialized on (do_not_specialize), so that fewer shapes
 compile kernels of their own. The passes compute in the dtype of the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The README's example, with its init deliberately off (weight 3, bias 0.5): the trainer's
+# docs/norms.md's example, with its init deliberately off (weight 3, bias 0.5): the trainer's
 # init must find the layer by its class and set them to 1 and 0.
 LAYERS = '''
 import torch

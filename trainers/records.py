@@ -11,7 +11,7 @@ from trainers.parquet_io import DamagedParquet, read_parquet, write_parquet_atom
 if TYPE_CHECKING:
     import pandas as pd
 
-# The metric columns, in this order in every metrics.parquet (README, "Results").
+# The metric columns, in this order in every metrics.parquet (docs/results.md).
 METRIC_COLUMNS = [
     "experiment", "trial_id", "dataset", "arch", "depth", "norm", "afwd", "abkw", "ecm",
     "seed", "epoch", "lr", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1",

@@ -167,7 +167,7 @@ def print_changes(experiment, total: int, selected: int, args: argparse.Namespac
 
 def print_recipe_notes(trials) -> None:
     """The lr and momentum each distinct recipe trains with, when the seed scripts' batch-size
-    rule changes them (README: no silent recipe change)."""
+    rule changes them (docs/train.md: no silent recipe change)."""
     from trainers.recipe import rescale_note
 
     notes = dict.fromkeys(n for n in (rescale_note(t.config) for t in trials) if n)

@@ -87,8 +87,9 @@ class _LeftOut(logging.Filter):
 # What Ray and Tune log that onorm says better, or that would mislead: per logger, the
 # messages left out (everything else they log still shows).
 LEFT_OUT = {
-    # Ray now turns token authentication on by default (DESIGN.md requires it) and says so
-    # on every run; its warning that a cluster runs *without* a token still shows.
+    # Ray now turns token authentication on by default (the project keeps it on:
+    # docs/cluster.md) and says so on every run; its warning that a cluster runs *without* a
+    # token still shows.
     "ray._private.authentication.authentication_token_setup": (
         "Token authentication is enabled",),
     # After a Ctrl-C, Tune points to Tuner.restore(...): onorm resumes by the same command,

@@ -1,7 +1,7 @@
 """The paper's statistic over Parquet results: settings, median curves, best epoch, spread.
 
-The paper's definitions (README, "The table"): for each setting, the *median curve* is, at every
-epoch, the median over runs of the metric; the *best epoch* is where that curve is best
+The paper's definitions (docs/results.md, "The table"): for each setting, the *median curve*
+is, at every epoch, the median over runs of the metric; the *best epoch* is where that curve is best
 (highest val_acc1, lowest val_loss; ties go to the earliest epoch); at the best epoch we
 report median, min, max, mean and std over runs, and the number of runs.
 

@@ -1,4 +1,4 @@
-"""A float64 sample-by-sample Online Normalization, written straight from DESIGN.md's equations.
+"""A float64 sample-by-sample Online Normalization, written straight from docs/norms.md's equations.
 
 Deliberately naive (a Python loop per sample) so that it can be checked by eye against the
 brief; the fast closed-form layers are tested against it.

@@ -25,7 +25,7 @@ def test_the_first_line_is_the_effective_lr_and_momentum(cifar10_dir, tmp_path, 
     assert capsys.readouterr().out.splitlines()[0] == (
         "batch size 64: effective lr 0.05132 (lr 0.2) and momentum 0.9487 (momentum 0.9), "
         "rescaled from the recipe's batch 128 as the seed scripts do")
-    # the demo's numbers (README), and nothing to say at the recipe's own batch size
+    # the demo's numbers (docs/train.md), and nothing to say at the recipe's own batch size
     from trainers.config import make_config
 
     demo = make_config("cifar10", "/d", batch_size=64)
