@@ -7,7 +7,7 @@ import csv
 import io
 
 import pytest
-from test_table_fixtures import RUNS, write_results
+from table_fixtures import RUNS, write_results
 
 from orchestrator.cli import main
 
