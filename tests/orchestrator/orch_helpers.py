@@ -67,15 +67,18 @@ tiny:
     return path
 
 
-def driver(config: Path, experiment: str, results: Path, log: Path) -> subprocess.Popen:
-    """`onorm run EXPERIMENT` in a process of its own (with its own local Ray), logged."""
+def driver(config: Path, experiment: str, results: Path, log: Path,
+           new_session: bool = False) -> subprocess.Popen:
+    """`onorm run EXPERIMENT` in a process of its own (with its own local Ray), logged.
+    new_session: the driver leads a process group of its own, which a test can signal
+    whole as a terminal's Ctrl-C does (os.killpg(proc.pid, ...))."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
     with open(log, "w") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "run", experiment, "--config",
              str(config), "--results", str(results)], cwd=REPO, env=env, stdout=f,
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, start_new_session=new_session)
 
 
 def read_trials(path: Path) -> pd.DataFrame | None:
