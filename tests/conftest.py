@@ -32,6 +32,7 @@ def pytest_configure(config):
         fd, log = tempfile.mkstemp(prefix="onorm-ray-starts-", suffix=".tsv")
         os.close(fd)
         os.environ["ONORM_TESTS_RAY_STARTS"] = log
+        config._ray_starts_created = log   # removed at the end of the session
     import importlib.util
     spec = importlib.util.spec_from_file_location("_forbid_ray", _FORBID_DIR / "sitecustomize.py")
     module = importlib.util.module_from_spec(spec)
@@ -49,9 +50,12 @@ def pytest_sessionfinish(session):
     if os.environ.get("ONORM_TESTS_FORBID_RAY") != "1" or not log or not os.path.exists(log):
         return
     starts = Path(log).read_text().splitlines()
+    if getattr(session.config, "_ray_starts_created", None) == log:
+        os.unlink(log)
     if starts:
         session.config.get_terminal_writer().line(
-            "Ray was started by tests outside the `ray` marker:\n" + "\n".join(starts), red=True)
+            "Ray was started with ONORM_TESTS_FORBID_RAY=1 (run it with -m \"not ray\"; a test "
+            "listed here outside the `ray` marker needs it):\n" + "\n".join(starts), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
