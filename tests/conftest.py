@@ -1,11 +1,62 @@
 """Shared fixtures: one local Ray per test session, started only when a test asks for it;
-an installed normalizer plugin."""
+an installed normalizer plugin. The `ray` marker, and the check that nothing else starts Ray.
+
+`pytest -m "not slow and not ray"` is the inner loop. A test that starts Ray (in pytest or
+in a subprocess) carries the `ray` marker: explicitly, or through the Ray fixtures below,
+which add it. `ONORM_TESTS_FORBID_RAY=1 pytest -m "not slow and not ray"` checks that:
+Ray refuses to start in every process (tests/forbid_ray/sitecustomize.py), and the session
+fails naming each test that tried.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
+
+# Every fixture that starts Ray (ray_session, ray_module, ray_exclusive, test_results_s3.py's
+# s3_ray) asks for this one, which stops Ray at the end: a test that reaches it starts Ray.
+RAY_FIXTURES = {"_ray_shutdown_at_end"}
+_FORBID_DIR = Path(__file__).parent / "forbid_ray"
+
+
+def pytest_configure(config):
+    if os.environ.get("ONORM_TESTS_FORBID_RAY") != "1":
+        return
+    # subprocesses (an `onorm run`, `ray start`) load the same refusal through PYTHONPATH
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_FORBID_DIR), os.environ.get("PYTHONPATH")) if p)
+    if not os.environ.get("ONORM_TESTS_RAY_STARTS"):
+        fd, log = tempfile.mkstemp(prefix="onorm-ray-starts-", suffix=".tsv")
+        os.close(fd)
+        os.environ["ONORM_TESTS_RAY_STARTS"] = log
+        config._ray_starts_created = log   # removed at the end of the session
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_forbid_ray", _FORBID_DIR / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)   # installs the refusal in this process too
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
+def pytest_sessionfinish(session):
+    log = os.environ.get("ONORM_TESTS_RAY_STARTS")
+    if os.environ.get("ONORM_TESTS_FORBID_RAY") != "1" or not log or not os.path.exists(log):
+        return
+    starts = Path(log).read_text().splitlines()
+    if getattr(session.config, "_ray_starts_created", None) == log:
+        os.unlink(log)
+    if starts:
+        session.config.get_terminal_writer().line(
+            "Ray was started with ONORM_TESTS_FORBID_RAY=1 (run it with -m \"not ray\"; a test "
+            "listed here outside the `ray` marker needs it):\n" + "\n".join(starts), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from chains import call_function, run_ranks
 from devices import TRITON, TRITON_DEVICES
-from test_online_triton import _nan_padded
+from norm_helpers import nan_padded, rel_err
 
 pytestmark = pytest.mark.skipif(not TRITON, reason="triton is not installed")
 ALPHA_FWD, ALPHA_BKW, EPS, LS_EPS, CLAMP = 0.9, 0.8, 1e-5, 1e-5, 1.5
@@ -75,10 +75,6 @@ def train(function, problem, ecm, device, chain=None, world=1, rank=0):
         if chain is not None:
             records[-1]["gathers"] = chain.gathers
     return records
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
 def compare(ranks, one):
@@ -154,9 +150,9 @@ def test_ranks_across_scan_chunks_read_only_what_was_written(monkeypatch, device
     from norms import online_triton
     for name, value in TINY.items():
         monkeypatch.setattr(online_triton, name, value)
-    monkeypatch.setattr(online_triton, "_empty", lambda shape, dtype, device: _nan_padded(
+    monkeypatch.setattr(online_triton, "_empty", lambda shape, dtype, device: nan_padded(
         shape, torch.empty(shape).stride(), dtype, device))
-    monkeypatch.setattr(online_triton, "_empty_like", lambda t: _nan_padded(
+    monkeypatch.setattr(online_triton, "_empty_like", lambda t: nan_padded(
         t.shape, torch.empty_like(t).stride(), t.dtype, t.device))
     problem = make_problem((6, 2, 1, 3), 1, True, seed=1)
     one = train(functions()["eager"], problem, "ls", device)

@@ -5,49 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import DEVICES
+from norm_helpers import CLAMP, cancellation_errors, rel_err, train_steps
 
 from norms import OnlineNorm2d
-
-SHAPE = (8, 4, 5, 6)
-CLAMP = 1.5
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
-def train_steps(dtype: torch.dtype, channels_last: bool, ecm: str, clamp: float,
-                steps: int = 3, device: str = "cpu",
-                impl: str = "auto") -> list[dict[str, torch.Tensor]]:
-    """Three training steps on `device`; every result comes back on the CPU."""
-    gen = torch.Generator().manual_seed(1)
-    layer = OnlineNorm2d(SHAPE[1], alpha_fwd=0.9, alpha_bkw=0.8, ecm=ecm, clamp_val=clamp,
-                         impl=impl)
-    with torch.no_grad():
-        layer.weight.copy_(1 + 0.3 * torch.randn(SHAPE[1], generator=gen))
-        layer.bias.copy_(0.3 * torch.randn(SHAPE[1], generator=gen))
-    layer.to(device)
-    results = []
-    for _ in range(steps):
-        x64 = 2 * torch.randn(SHAPE, generator=gen, dtype=torch.float64) + 1
-        g64 = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
-        x, g = x64.to(device, dtype), g64.to(device, dtype)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-            g = g.contiguous(memory_format=torch.channels_last)
-        x.requires_grad_()
-        layer.weight.grad = layer.bias.grad = None
-        out = layer.train()(x)
-        out.backward(g)
-        layer.eval()
-        with torch.no_grad():
-            evaluated = layer(x.detach())
-        results.append({"out": out.detach(), "grad_x": x.grad, "eval": evaluated,
-                        "grad_weight": layer.weight.grad.clone(),
-                        "m": layer.m.clone(), "v": layer.v.clone()})
-        results[-1] = {key: value.cpu() for key, value in results[-1].items()}
-    return results
 
 
 @pytest.mark.parametrize("ecm", ["ls", "ac", "none"])
@@ -72,37 +32,6 @@ def test_matches_float64(dtype: torch.dtype, channels_last: bool, tol: float, ec
         for key in want:
             got_value, want_value = got[key], want[key]
             assert rel_err(got_value, want_value) < tol, (step, key)
-
-
-def cancellation_errors(device: str = "cpu", impl: str = "auto") -> dict[str, float]:
-    """float32 against float64 for inputs with a large common offset, where E[x^2] - E[x]^2
-    (forward) and sum(g*x) - mean*sum(g) (backward) from float32 sums would lose most
-    digits. Relative errors of the running variance and the weight gradient (made of
-    sum(g*(x - mean)) alone), per layout. (The input gradient x*Q + R cancels whatever the
-    sums, so it cannot tell.)"""
-    gen = torch.Generator().manual_seed(2)
-    # Values exactly representable in float32, so only the arithmetic differs.
-    x64 = (1e4 + torch.randn(4, 3, 8, 8, generator=gen)).double()
-    g64 = torch.randn(4, 3, 8, 8, generator=gen).double()
-    errors = {}
-    for channels_last in (False, True):
-        results = []
-        for dtype in (torch.float64, torch.float32):
-            # alpha_fwd 0: var is the last sample's own variance, not swamped by the
-            # a*(1-a)*d^2 term of a decaying mean (which hid a 9-25% error at 0.5).
-            layer = OnlineNorm2d(3, alpha_fwd=0.0, ecm="none", impl=impl).to(device)
-            x = x64.to(device, dtype, copy=True)
-            g = g64.to(device, dtype)
-            if channels_last:   # the gradient too, as a channels_last network passes it
-                x = x.contiguous(memory_format=torch.channels_last)
-                g = g.contiguous(memory_format=torch.channels_last)
-            x.requires_grad_()
-            layer(x).backward(g)
-            results.append((layer.var.cpu(), layer.weight.grad.cpu()))
-        layout = "channels_last" if channels_last else "contiguous"
-        errors[f"{layout} var"] = rel_err(results[1][0], results[0][0])
-        errors[f"{layout} grad_weight"] = rel_err(results[1][1], results[0][1])
-    return errors
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -15,8 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from devices import CUDA, TRITON, TRITON_DEVICES, TRITON_INTERPRETER
-from test_online_dtypes import CLAMP, cancellation_errors, rel_err, train_steps
-from test_online_vs_reference import run_against_reference
+from norm_helpers import (
+    CLAMP,
+    cancellation_errors,
+    nan_padded,
+    rel_err,
+    run_against_reference,
+    train_steps,
+)
 from torch import nn
 
 import norms
@@ -137,18 +143,8 @@ def test_tiles_smaller_than_a_channels_last_tensor(device, monkeypatch, tiny_til
     assert _largest(tiny_tiles, "scale_shift_kernel", "BLOCK_C") == 4
 
 
-PAD = 64
-
-
-def _nan_padded(shape, strides, dtype, device) -> torch.Tensor:
-    """An uninitialized-looking tensor: NaN, inside PAD more NaN elements on either side."""
-    span = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
-    big = torch.full((span + 2 * PAD,), float("nan"), dtype=dtype, device=device)
-    return big.as_strided(shape, strides, PAD)
-
-
 def _padded_copy(t: torch.Tensor) -> torch.Tensor:
-    out = _nan_padded(t.shape, t.stride(), t.dtype, t.device)
+    out = nan_padded(t.shape, t.stride(), t.dtype, t.device)
     return out.copy_(t)
 
 
@@ -156,9 +152,9 @@ def _padded_copy(t: torch.Tensor) -> torch.Tensor:
 def nan_guards(monkeypatch) -> None:
     """Every buffer the Triton path allocates starts as NaN, with NaN around it."""
     from norms import online_triton
-    monkeypatch.setattr(online_triton, "_empty", lambda shape, dtype, device: _nan_padded(
+    monkeypatch.setattr(online_triton, "_empty", lambda shape, dtype, device: nan_padded(
         shape, torch.empty(shape).stride(), dtype, device))
-    monkeypatch.setattr(online_triton, "_empty_like", lambda t: _nan_padded(
+    monkeypatch.setattr(online_triton, "_empty_like", lambda t: nan_padded(
         t.shape, torch.empty_like(t).stride(), t.dtype, t.device))
 
 

@@ -5,78 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import CUDA, DEVICES
-from online_reference import ReferenceOnlineNorm
+from norm_helpers import rel_err, run_against_reference
 
 from norms import OnlineNorm1d, OnlineNorm2d, recurrences
-
-TOL = 1e-5
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    actual, expected = actual.double(), expected.double()
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-
-
-def run_against_reference(shape: tuple[int, ...], ecm: str = "ls", affine: bool = True,
-                          alpha_fwd: float = 0.9, alpha_bkw: float = 0.8, scale: float = 1.0,
-                          iterations: int = 3, clamp_val: float = 1.5,
-                          seed: int = 0, device: str = "cpu",
-                          impl: str = "auto") -> ReferenceOnlineNorm:
-    """Trains the layer (implementation `impl`) on `device` and the float64 reference on
-    the CPU, side by side."""
-    gen = torch.Generator().manual_seed(seed)
-    channels = shape[1]
-    layer_cls = OnlineNorm2d if len(shape) == 4 else OnlineNorm1d
-    layer = layer_cls(channels, alpha_fwd=alpha_fwd, alpha_bkw=alpha_bkw, affine=affine,
-                      ecm=ecm, clamp_val=clamp_val, impl=impl)
-    if affine:
-        with torch.no_grad():  # non-trivial affine so its gradients and folding are exercised
-            layer.weight.copy_(1 + 0.5 * torch.randn(channels, generator=gen))
-            layer.bias.copy_(0.5 * torch.randn(channels, generator=gen))
-    ref = ReferenceOnlineNorm(channels, alpha_fwd, alpha_bkw, weight=layer.weight,
-                              bias=layer.bias, ecm=ecm, clamp_val=clamp_val)
-    layer.to(device)
-
-    def on_device(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(device)
-
-    def on_host(t: torch.Tensor) -> torch.Tensor:
-        return t.detach().cpu()
-
-    as4d = (lambda t: t) if len(shape) == 4 else (lambda t: t[:, :, None, None])
-    for it in range(iterations):
-        # A per-channel offset and scale so the running statistics matter.
-        offset = torch.randn(channels, generator=gen, dtype=torch.float64)
-        view = (1, channels) + (1,) * (len(shape) - 2)
-        noise = torch.randn(shape, generator=gen, dtype=torch.float64)
-        x = scale * noise * (1 + offset.abs()).view(view) + offset.view(view)
-        grad_out = torch.randn(shape, generator=gen, dtype=torch.float64)
-        x_dev = on_device(x).requires_grad_()
-        layer.train()
-        if affine:
-            layer.weight.grad = layer.bias.grad = None
-        out = layer(x_dev)
-        assert out.device == x_dev.device
-        out.backward(on_device(grad_out))
-        expected = ref.train_step(as4d(x), as4d(grad_out))
-        where = f"iteration {it}"
-        assert rel_err(as4d(on_host(out)), expected["out"]) < TOL, where
-        assert rel_err(as4d(on_host(x_dev.grad)), expected["grad_x"]) < TOL, where
-        if affine:
-            assert rel_err(on_host(layer.weight.grad), expected["grad_weight"]) < TOL, where
-            assert rel_err(on_host(layer.bias.grad), expected["grad_bias"]) < TOL, where
-        for name, value in ref.buffers().items():
-            buf = getattr(layer, name)
-            assert buf.dtype == torch.float32 and buf.device == x_dev.device
-            assert rel_err(on_host(buf), value) < TOL, f"{where}: buffer {name}"
-        layer.eval()
-        before = {k: getattr(layer, k).clone() for k in ("m", "var", "u", "v")}
-        with torch.no_grad():
-            evaluated = on_host(layer(on_device(x)))
-            assert rel_err(as4d(evaluated), ref.eval_forward(as4d(x))) < TOL, where
-        for name, value in before.items():
-            assert torch.equal(getattr(layer, name), value), f"eval changed {name}"
-    return ref
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from devices import TRITON, TRITON_INTERPRETER
+from norm_helpers import rel_err
 from torch import nn
 
 import norms
@@ -180,11 +181,6 @@ def triton_ranks(request, tmp_path_factory):
     dev = "cuda:0" if device == "cuda" else "cpu"
     one = {ecm: train_net(ecm, "triton", dev) for ecm in ("ls", "none")}
     return device, ranks, one
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def worst(ranks_record, reference) -> float:

@@ -1,4 +1,8 @@
-"""Tiny trials for the orchestrator tests: synthetic CIFAR of 128/64 images, ResNet-8."""
+"""Helpers for the orchestrator tests: tiny trials (synthetic CIFAR of 128/64 images, ResNet-8),
+experiments files, an `onorm run` driver process, recorder rows.
+
+Results folders with known curves are in table_fixtures.py, simulated clusters in
+ray_nodes.py; fixtures in conftest.py."""
 
 from __future__ import annotations
 
@@ -18,6 +22,25 @@ from trainers.data.synthetic import ensure_synthetic_cifar
 REPO = Path(__file__).resolve().parents[2]
 SYNTHETIC = {"n_train": 128, "n_test": 64}
 TINY_SETTINGS = dict(depth=8, batch_size=64, lr_milestones=(2,), workers=0, device="cpu")
+PROV = {"git_commit": "abc", "package_versions": "{}"}   # a recorder's provenance
+# one tiny grid as the malformed-input tests start from (2 batch-norm seeds)
+GOOD = """\
+tiny:
+  dataset: cifar10
+  data_dir: data
+  synthetic: {n_train: 128, n_test: 64}
+  resources: {cpu: 1, gpu: 0}
+  settings: {depth: 8, epochs: 3, batch_size: 64, workers: 0, device: cpu}
+  cells:
+    - {norm: batch, seeds: 2}
+"""
+
+
+def epoch(e: int, acc: float, loss: float = 1.0) -> dict:
+    """One epoch's metrics row as a trial reports it."""
+    return {"epoch": e, "lr": 0.1, "train_loss": loss, "train_acc1": acc, "train_acc5": acc,
+            "val_loss": loss, "val_acc1": acc, "val_acc5": acc, "epoch_time_s": 1.0,
+            "images_per_s": 10.0}
 
 
 def tiny_trial(data_dir: Path, norm: str = "batch", seed: int = 0, epochs: int = 3,
@@ -44,15 +67,18 @@ tiny:
     return path
 
 
-def driver(config: Path, experiment: str, results: Path, log: Path) -> subprocess.Popen:
-    """`onorm run EXPERIMENT` in a process of its own (with its own local Ray), logged."""
+def driver(config: Path, experiment: str, results: Path, log: Path,
+           new_session: bool = False) -> subprocess.Popen:
+    """`onorm run EXPERIMENT` in a process of its own (with its own local Ray), logged.
+    new_session: the driver leads a process group of its own, which a test can signal
+    whole as a terminal's Ctrl-C does (os.killpg(proc.pid, ...))."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
     with open(log, "w") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "orchestrator.cli", "run", experiment, "--config",
              str(config), "--results", str(results)], cwd=REPO, env=env, stdout=f,
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, start_new_session=new_session)
 
 
 def read_trials(path: Path) -> pd.DataFrame | None:

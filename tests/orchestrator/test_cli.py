@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_table_fixtures import write_results
+from table_fixtures import write_results
 
 from orchestrator.cli import EXIT_BROKEN_PIPE, main
 

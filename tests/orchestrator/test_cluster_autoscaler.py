@@ -50,6 +50,7 @@ def autoscaling_config(nodes: RayNodes) -> dict:
 
 # 55 to 75 s on 2 cores
 @pytest.mark.slow
+@pytest.mark.ray   # a `ray start` cluster
 def test_a_gpu_grid_waits_for_the_autoscaler_then_completes(tmp_path):
     nodes = RayNodes()
     try:

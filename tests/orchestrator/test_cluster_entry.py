@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_malformed_inputs import GOOD, no_ray  # noqa: F401  (a fixture)
+from orch_helpers import GOOD
 
 from orchestrator.cli import main
 from orchestrator.cli.cluster import JOB_CONFIG_ENV
@@ -24,7 +24,7 @@ from orchestrator.plan.experiments import load_experiments
      "submitted, not a cluster to join"),
 ], ids=["ray_client", "dashboard_from_env"])
 def test_client_and_dashboard_addresses_are_refused_with_the_job_command(
-        address, source, expected, tmp_path, capsys, monkeypatch, no_ray):  # noqa: F811
+        address, source, expected, tmp_path, capsys, monkeypatch, no_ray):
     config = tmp_path / "e.yaml"
     config.write_text(GOOD)
     argv = ["run", "tiny", "--config", str(config), "--results", str(tmp_path / "r")]
@@ -51,7 +51,7 @@ def in_a_ray_job(monkeypatch, folder):
 
 
 def test_results_or_data_inside_a_jobs_working_folder_copy_are_refused(
-        tmp_path, capsys, monkeypatch, no_ray):  # noqa: F811
+        tmp_path, capsys, monkeypatch, no_ray):
     copy, elsewhere = tmp_path / "job_copy", tmp_path / "kept"
     copy.mkdir()
     (copy / "e.yaml").write_text(GOOD.replace("data_dir: data", f"data_dir: {elsewhere}/data"))

@@ -27,7 +27,7 @@ nodes:
     - {{norm: batch, seeds: 4}}
 """
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]   # a `ray start` cluster
 
 
 @pytest.fixture(scope="module")

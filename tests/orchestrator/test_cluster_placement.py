@@ -40,6 +40,7 @@ def node_ids(nodes: RayNodes) -> dict[str, str]:
 
 # about 120 s on 2 cores (a cluster of two nodes, a Ray Train run of two workers)
 @pytest.mark.slow
+@pytest.mark.ray   # a `ray start` cluster
 def test_the_coordinating_trial_runs_on_the_node_with_its_custom_resource(tmp_path):
     nodes = RayNodes()
     try:
@@ -65,6 +66,7 @@ def test_the_coordinating_trial_runs_on_the_node_with_its_custom_resource(tmp_pa
 
 # about 100 s on 2 cores (two nodes of 1 CPU each; a Ray Train run of two workers)
 @pytest.mark.slow
+@pytest.mark.ray   # a `ray start` cluster
 def test_workers_stay_on_one_node_unless_placement_spreads_them(tmp_path):
     """On two nodes of one CPU each, a trial of 2 one-CPU workers cannot be packed on one
     node: by default onorm warns and the trial waits (SIGTERM then stops it cleanly, 143);

@@ -19,15 +19,9 @@ tiny:
 
 
 @pytest.fixture
-def no_cuda_no_ray(monkeypatch):
-    import ray
+def no_cuda_no_ray(no_ray, monkeypatch):
     import torch
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("ray.init was called: the input was refused after Ray started")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 

@@ -9,19 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
+from orch_helpers import GOOD
 
 from orchestrator.cli import main
 
-GOOD = """\
-tiny:
-  dataset: cifar10
-  data_dir: data
-  synthetic: {n_train: 128, n_test: 64}
-  resources: {cpu: 1, gpu: 0}
-  settings: {depth: 8, epochs: 3, batch_size: 64, workers: 0, device: cpu}
-  cells:
-    - {norm: batch, seeds: 2}
-"""
 TUNE = """\
 tiny:
   kind: tune
@@ -111,18 +102,6 @@ CASES = [
     ("not_a_mapping", "tiny: [1, 2]\n",
      K + "'(experiment)': expected a mapping, got list [1, 2]"),
 ]
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Ray is never started: ray.init fails the test, even with a shared Ray running."""
-    import ray
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("ray.init was called: the input was refused after Ray started")
-
-    monkeypatch.setattr(ray, "init", refuse)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-
 
 @pytest.mark.parametrize("case, text, expected", CASES, ids=[c[0] for c in CASES])
 def test_malformed_file_is_one_line_exit_2_nothing_written_no_ray(

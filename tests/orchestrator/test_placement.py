@@ -7,8 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from orch_helpers import tiny_trial
-from test_malformed_inputs import GOOD
+from orch_helpers import GOOD, tiny_trial
 
 from orchestrator.execute.distributed_trial import COORDINATOR
 from orchestrator.execute.placement import shortfalls, trial_bundle, worker_strategy

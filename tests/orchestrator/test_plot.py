@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_table_fixtures import MILESTONES, write_results
+from table_fixtures import MILESTONES, write_results
 
 from orchestrator.cli import main
 from orchestrator.report.plot import lr_steps, metric_figure

@@ -27,7 +27,7 @@ GRID = """
     - {{norm: batch, seeds: 2}}
 """
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]   # a `ray start` cluster
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from orch_helpers import tiny_trial
+from orch_helpers import PROV, epoch, tiny_trial
 
 from orchestrator.execute.recorder import Recorder
 from orchestrator.execute.store import CheckpointStore
 from orchestrator.layout import ExperimentLayout
-
-PROV = {"git_commit": "abc", "package_versions": "{}"}
-
-
-def epoch(e: int, acc: float, loss: float = 1.0) -> dict:
-    return {"epoch": e, "lr": 0.1, "train_loss": loss, "train_acc1": acc, "train_acc5": acc,
-            "val_loss": loss, "val_acc1": acc, "val_acc5": acc, "epoch_time_s": 1.0,
-            "images_per_s": 10.0}
 
 
 def test_statuses_dedup_and_reconcile_after_a_lost_driver(tmp_path):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from orch_helpers import tiny_trial
-from test_recorder import PROV, epoch
+from orch_helpers import PROV, epoch, tiny_trial
 
 from orchestrator.execute.recorder import Recorder
 from orchestrator.execute.store import CheckpointStore

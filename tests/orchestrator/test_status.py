@@ -9,8 +9,7 @@ import time
 
 import pytest
 import yaml
-from orch_helpers import tiny_trial
-from test_recorder import PROV, epoch
+from orch_helpers import PROV, epoch, tiny_trial
 
 from orchestrator.cli import main
 from orchestrator.execute.live import LiveView

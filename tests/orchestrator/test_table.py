@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from test_table_fixtures import RUNS, write_results
+from table_fixtures import RUNS, write_results
 
 from orchestrator.cli import main
 from orchestrator.report.stats import load_runs

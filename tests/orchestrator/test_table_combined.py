@@ -1,5 +1,5 @@
 """`onorm table A B`: the paper's layout across experiments, its cells from known curves
-(test_table_fixtures.py: the CIFAR-10 runs in one experiment, the CIFAR-100 ones in another)."""
+(table_fixtures.py: the CIFAR-10 runs in one experiment, the CIFAR-100 ones in another)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 import io
 
 import pytest
-from test_table_fixtures import RUNS, write_results
+from table_fixtures import RUNS, write_results
 
 from orchestrator.cli import main
 

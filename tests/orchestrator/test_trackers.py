@@ -4,13 +4,13 @@ through a killed driver, a retry that re-reports an epoch, and rows repaired fro
 
 from __future__ import annotations
 
+import json
 import struct
 import types
 
 import pandas as pd
 import pytest
-from orch_helpers import tiny_trial
-from test_recorder import PROV, epoch
+from orch_helpers import PROV, epoch, tiny_trial
 
 from orchestrator.cli import main
 from orchestrator.execute.recorder import Recorder
@@ -216,6 +216,63 @@ def test_wandb_offline_holds_each_epoch_once_in_one_run_per_trial(tmp_path, monk
     assert [r.kw["name"] for r in fake.runs].count(b.trial_id) == 1
     a_run = next(r for r in left.values() if r.kw["name"] == a.trial_id)
     assert a_run.logged[2]["epoch_time_s"] == 3.5
+
+
+def offline_run(path) -> dict:
+    """An offline W&B run's records, read back from its .wandb file as `wandb sync` reads
+    them: W&B's log format (a 7-byte file header, then records in 32 KiB blocks, each piece
+    with a CRC-32, a length and a full/first/middle/last kind) holding protobuf Records."""
+    import zlib
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32 * 1024
+    assert data[:4] == b":W&B" and struct.unpack("<H", data[4:6])[0] == 0xBEE1
+    run = {"history": [], "exit_code": None}
+    pos, pieces = 7, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7 or data[pos:pos + 7] == bytes(7):   # a block's padding
+            pos += block - pos % block
+            continue
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        piece = data[pos + 7:pos + 7 + length]
+        assert zlib.crc32(bytes([kind]) + piece) == crc, f"{path}: damaged at byte {pos}"
+        pos, pieces = pos + 7 + length, pieces + piece
+        if kind not in (1, 4):   # a record's first or middle piece
+            continue
+        record, pieces = wandb_internal_pb2.Record.FromString(pieces), b""
+        which = record.WhichOneof("record_type")
+        if which == "run":
+            run.update(name=record.run.display_name, config={
+                item.key: json.loads(item.value_json) for item in record.run.config.update})
+        elif which == "history":
+            # wandb-core writes each key as nested_key (a path of one name here)
+            run["history"].append({item.key or "/".join(item.nested_key):
+                                   json.loads(item.value_json) for item in record.history.item})
+        elif which == "exit":
+            run["exit_code"] = record.exit.exit_code
+    return run
+
+
+def test_wandb_offline_with_the_real_package(tmp_path, monkeypatch):
+    """The same kill, resume and retry through the real wandb package, offline: what its
+    files hold, read back, is one finished run per trial with every epoch once."""
+    pytest.importorskip("wandb")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))   # nothing written under ~
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    layout, a, b = kill_resume_retry(tmp_path, ["wandb"])
+    files = sorted((tmp_path / "exp" / "wandb" / "wandb").glob("offline-run-*/*.wandb"))
+    runs = {run["name"]: run for run in map(offline_run, files)}
+    assert len(files) == 2 and sorted(runs) == sorted([a.trial_id, b.trial_id])
+    for trial, epochs in ((a, 4), (b, 2)):
+        run = runs[trial.trial_id]
+        assert run["exit_code"] == 0 and run["config"]["norm"] == trial.config.norm
+        assert [row["epoch"] for row in run["history"]] == list(range(1, epochs + 1))
+        assert [row["val_acc1"] for row in run["history"]] == [10.0 * e
+                                                              for e in range(1, epochs + 1)]
+    # a's epoch 3 as the retry recorded it, not as the killed driver's store had it
+    assert runs[a.trial_id]["history"][2]["epoch_time_s"] == 3.5
 
 
 def test_trackers_with_open_logs_can_be_pickled_as_tune_pickles_its_callbacks(tmp_path):

@@ -10,11 +10,11 @@ import io
 import numpy as np
 import pytest
 import torch
+from devices import CUDA
 from PIL import Image
 
 from benchmarks.imagenet_reference import ReferenceImageNet
 from benchmarks.imagenet_reference import random_resized_box as reference_box
-from tests.devices import CUDA
 from trainers.config import make_config
 from trainers.data import build_data
 from trainers.data.device_decode import decode_jpegs

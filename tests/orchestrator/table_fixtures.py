@@ -1,6 +1,6 @@
 """Hand-made results folders (metrics.parquet, trials.parquet) with known curves.
 
-Shared by test_table.py and test_plot.py; holds no tests itself.
+Shared by the table, plot and CLI tests.
 """
 
 from __future__ import annotations
