@@ -297,7 +297,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | sto
                 tune.with_resources(run_trial, resources),
                 param_space={"trial": tune.grid_search([t.to_payload() for t in pending]),
                              "store": store_name, "store_root": str(layout.store),
-                             "experiment": experiment, "provenance": record,
+                             "experiment": experiment,
                              "hooks": hooks or {}},
                 tune_config=tune.TuneConfig(**tune_config),
                 run_config=tune.RunConfig(

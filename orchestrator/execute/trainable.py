@@ -185,7 +185,7 @@ def die_if_asked(hooks: dict[str, Any], attempt: int, epoch: int, trial_id: str)
 
 def run_trial(params: dict[str, Any]) -> None:
     """Tune entry point; `params` = {trial: TrialSpec payload, store, store_root, experiment,
-    provenance, hooks}.
+    hooks}. Provenance is the node's own (node_provenance), not the driver's.
 
     A trial of several workers runs as a Ray Train job (execute/distributed_trial.py)."""
     from ray import tune

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -86,6 +87,20 @@ def read_trials(path: Path) -> pd.DataFrame | None:
         return pd.read_parquet(path).set_index("trial_id")
     except (FileNotFoundError, OSError):
         return None
+
+
+def wait_for_trials(proc: subprocess.Popen, log: Path, trials_path: Path, ready,
+                    timeout: float = 240) -> pd.DataFrame:
+    """Poll trials.parquet until `ready(rows)` holds, while the driver is alive; its rows then.
+    A driver that exits or takes too long fails the test with the tail of its log."""
+    deadline = time.time() + timeout
+    while True:
+        assert time.time() < deadline, log.read_text()[-3000:]
+        assert proc.poll() is None, log.read_text()[-3000:]
+        rows = read_trials(trials_path)
+        if rows is not None and ready(rows):
+            return rows
+        time.sleep(0.2)
 
 
 def kill_tree(proc: subprocess.Popen) -> None:

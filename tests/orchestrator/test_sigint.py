@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pandas as pd
 import pytest
-from orch_helpers import driver, kill_tree, read_trials, tiny_yaml
+from orch_helpers import driver, kill_tree, read_trials, tiny_yaml, wait_for_trials
 
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
@@ -40,14 +39,8 @@ def test_sigint_leaves_running_trials_pending_exits_130_and_a_rerun_finishes_the
     metrics_path = results / "sigint" / "metrics.parquet"
     proc = driver(config, "sigint", results, log, new_session=True)
     try:
-        deadline = time.time() + 240
-        while True:
-            assert time.time() < deadline, log.read_text()[-3000:]
-            assert proc.poll() is None, log.read_text()[-3000:]
-            rows = read_trials(trials_path)
-            if rows is not None and ((rows.status == "running") & (rows.epochs_done >= 1)).any():
-                break
-            time.sleep(0.2)
+        rows = wait_for_trials(proc, log, trials_path, lambda rows: (
+            (rows.status == "running") & (rows.epochs_done >= 1)).any())
         running = sorted(rows.index[rows.status == "running"])
         os.killpg(proc.pid, signal.SIGINT)   # the driver leads its own group (new_session)
         code = proc.wait(timeout=120)

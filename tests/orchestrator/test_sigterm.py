@@ -4,9 +4,8 @@ back to pending, the record flushed, the resume hint, and exit 143 (128 + SIGTER
 from __future__ import annotations
 
 import signal
-import time
 
-from orch_helpers import driver, kill_tree, read_trials, tiny_yaml
+from orch_helpers import driver, kill_tree, read_trials, tiny_yaml, wait_for_trials
 
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
@@ -32,14 +31,7 @@ def test_sigterm_leaves_running_trials_pending_and_exits_143(ray_exclusive, tmp_
     trials_path = results / "term" / "trials.parquet"
     proc = driver(config, "term", results, log)
     try:
-        deadline = time.time() + 240
-        while True:
-            assert time.time() < deadline, log.read_text()[-3000:]
-            assert proc.poll() is None, log.read_text()[-3000:]
-            rows = read_trials(trials_path)
-            if rows is not None and (rows.epochs_done >= 1).any():
-                break
-            time.sleep(0.2)
+        wait_for_trials(proc, log, trials_path, lambda rows: (rows.epochs_done >= 1).any())
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=120)
     finally:
