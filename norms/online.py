@@ -14,6 +14,7 @@ from torch import nn
 
 from norms.impl import check_impl, training_function
 from norms.modes import ECM_MODES
+from norms.sample_chain import SampleChain, chain_over
 
 
 class LayerScaling(nn.Module):
@@ -99,12 +100,13 @@ class _OnlineNorm(nn.Module):
         else:
             self.compensation = nn.Identity()
 
-    # Set by norms.convert_sync_norms: one chain over the global batch of a process group.
+    # Set by synchronize: one chain over the global batch of a process group.
     synchronized = False
     process_group: object = None
 
     def synchronize(self, process_group: object = None) -> None:
-        """Run the recurrences over every rank's samples (see norms.sync)."""
+        """Run the recurrences over every rank's samples, in place (the hook that
+        norms.convert_sync_norms calls; norms.sample_chain)."""
         self.synchronized, self.process_group = True, process_group
 
     def reset_running_stats(self) -> None:
@@ -119,16 +121,8 @@ class _OnlineNorm(nn.Module):
                              f"{dims}-d input with {self.num_features} channels, got shape "
                              f"{tuple(x.shape)}")
 
-    def _chain(self):
-        if not self.synchronized:
-            return None
-        import torch.distributed as dist
-
-        if not (dist.is_initialized() and dist.get_world_size(self.process_group) > 1):
-            return None
-        from norms.sync import SampleChain
-
-        return SampleChain(self.process_group)
+    def _chain(self) -> SampleChain | None:
+        return chain_over(self.process_group) if self.synchronized else None
 
     def _forward4d(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -136,7 +130,7 @@ class _OnlineNorm(nn.Module):
                     self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm, self.ls_eps,
                     self.clamp_val)
             function = training_function(self.impl, x.device)
-            chain = self._chain()   # both ops run the chain over ranks (norms.sync)
+            chain = self._chain()   # both ops run the chain over ranks
             return function.apply(*args, chain) if chain is not None else function.apply(*args)
         scale = (self.var.double() + self.eps).rsqrt()
         shift = -self.m.double() * scale

@@ -14,7 +14,7 @@ factors (layer scaling) as (1, N) rows.
 The Function never sees the module: the state buffers come in as tensors and are updated in
 place, so deep copies, pickling and DDP replicas each keep their own state.
 
-With a `chain` (norms.sync.SampleChain, in a data-parallel trial) the recurrences run over
+With a `chain` (norms.sample_chain.SampleChain, in a data-parallel trial) the recurrences run over
 the samples of every rank: the per-sample statistics are all-gathered before each recurrence
 and each rank keeps its own columns after it; what feeds the control state is divided by the
 world size (each rank's gradient is that many times the one-device one) and the state's share

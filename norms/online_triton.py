@@ -7,7 +7,7 @@ process as the backward. Each direction is three kernel launches, four with laye
 on tensor values, and block sizes follow from the shape alone (no autotuning), so a step can
 run ahead of the GPU and be captured in a CUDA graph.
 
-With a `chain` (norms.sync.SampleChain: a data-parallel trial, every rank with the same
+With a `chain` (norms.sample_chain.SampleChain: a data-parallel trial, every rank with the same
 number of samples) the recurrences run over every rank's samples, as in the eager op. The
 forward all-gathers the per-(n, c) partial sums of spatial_sums (small: never activations),
 scans the global batch on every rank (m and var come out the same everywhere) and keeps only

@@ -1,4 +1,4 @@
-"""The chain over ranks (norms.sync) of the Triton path, inside one process.
+"""The chain over ranks (norms.sample_chain) of the Triton path, inside one process.
 
 K ranks, each on its slice of a global batch with its gradient at rank scale (K times the
 one-device one: each rank's loss is the mean over its own slice), compute what one process

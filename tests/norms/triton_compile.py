@@ -7,7 +7,7 @@ make (without running them; the kernels must not be interpreted), specializes th
 arguments as the JIT would, and compiles each distinct kernel to a cubin for the target
 (sm_90 by default, Triton's own ptxas). Usage: python tests/norms/triton_compile.py [--arch 90]
 [--ptxas-info] [--cases K | --all]; prints one line per compiled variant, exits 1 if any fails.
-Each case runs once alone and once as rank 1 of a chain over 2 ranks (norms.sync), whose
+Each case runs once alone and once as rank 1 of a chain over 2 ranks (norms.sample_chain), whose
 backward launches kernels of its own.
 """
 
