@@ -54,6 +54,7 @@ def record_launches(cases: list | None = None) -> list[tuple[Any, tuple, dict]]:
     import torch
 
     from norms import online_triton, triton_kernels
+    from norms.online_inputs import OnlineNormConstants, OnlineNormState
     assert not triton_kernels.INTERPRETED, "unset TRITON_INTERPRET: the kernels must compile"
     launches: list[tuple[Any, tuple, dict]] = []
     online_triton._launch = lambda kernel, grid, *args, **meta: launches.append(
@@ -69,7 +70,8 @@ def record_launches(cases: list | None = None) -> list[tuple[Any, tuple, dict]]:
         state = [torch.zeros(c), torch.ones(c), torch.zeros(c), torch.zeros(c)]
         for chain in (None, _Chain()):
             out = online_triton.OnlineNormTritonFunction.apply(
-                x, weight, bias, *state, 0.999, 0.99, 1e-5, ecm, 1e-5, 5.0, chain)
+                x, weight, bias, OnlineNormState(*state),
+                OnlineNormConstants(0.999, 0.99, 1e-5, ecm, 1e-5, 5.0), chain)
             out.backward(torch.zeros_like(out))
     return launches
 
