@@ -183,3 +183,9 @@ class OnlineNorm1d(_OnlineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, 2)
         return self._forward4d(x[:, :, None, None]).flatten(1)
+
+
+def check_options(**options: object) -> None:
+    """Refuse a bad layer option (ecm, alpha_fwd, impl, ...) before any layer is built
+    (norms.registry's factories check up front): the layer's own checks, on one channel."""
+    OnlineNorm2d(1, **options)
