@@ -11,14 +11,16 @@ Every (n, c) quantity is a float64 (C, N) tensor, samples last: the recurrences 
 the contiguous dimension, per-channel vectors broadcast as (C, 1) columns and per-sample
 factors (layer scaling) as (1, N) rows.
 
-The Function never sees the module: the state buffers come in as tensors and are updated in
-place, so deep copies, pickling and DDP replicas each keep their own state.
+The Function never sees the module: the state buffers come in as tensors (one
+OnlineNormState) and are updated in place, so deep copies, pickling and DDP replicas each
+keep their own state; the layer's constants come in as one OnlineNormConstants
+(norms.online_inputs).
 
-With a `chain` (norms.sample_chain.SampleChain, in a data-parallel trial) the recurrences run over
-the samples of every rank: the per-sample statistics are all-gathered before each recurrence
-and each rank keeps its own columns after it; what feeds the control state is divided by the
-world size (each rank's gradient is that many times the one-device one) and the state's share
-of the input gradient multiplied back.
+With a `chain` (norms.sample_chain.SampleChain, in a data-parallel trial) the recurrences run
+over the samples of every rank: the per-sample statistics are all-gathered before each
+recurrence and each rank keeps its own columns after it; what feeds the control state is
+divided by the world size (each rank's gradient is that many times the one-device one) and
+the state's share of the input gradient multiplied back.
 """
 
 from __future__ import annotations

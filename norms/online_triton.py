@@ -1,14 +1,15 @@
 """The training-mode Online Normalization op on Triton kernels (norms.triton_kernels).
 
 Same contract as norms.online_function.OnlineNormFunction, the eager closed form: an
-(N, C, H, W) input, the state buffers m, var, u, v updated in place, the paper's control
-process as the backward. Each direction is three kernel launches, four with layer scaling
+(N, C, H, W) input, the state buffers m, var, u, v (an OnlineNormState) updated in place,
+the layer's constants as one OnlineNormConstants, the paper's control process as the
+backward. Each direction is three kernel launches, four with layer scaling
 (the kernel module's docstring lists them). Nothing here waits for the device or branches
 on tensor values, and block sizes follow from the shape alone (no autotuning), so a step can
 run ahead of the GPU and be captured in a CUDA graph.
 
-With a `chain` (norms.sample_chain.SampleChain: a data-parallel trial, every rank with the same
-number of samples) the recurrences run over every rank's samples, as in the eager op. The
+With a `chain` (norms.sample_chain.SampleChain: a data-parallel trial, every rank with the
+same number of samples) the recurrences run over every rank's samples, as in the eager op. The
 forward all-gathers the per-(n, c) partial sums of spatial_sums (small: never activations),
 scans the global batch on every rank (m and var come out the same everywhere) and keeps only
 this rank's per-(n, c) results, so that the output pass and the whole backward but its scan
