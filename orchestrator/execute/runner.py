@@ -1,6 +1,6 @@
 """Run a list of trials on Ray Tune and record them: the core of `onorm run` (and tuning).
 
-`run_trials` starts or joins Ray, pins a checkpoint-store actor to the driver's node (when
+`run_trials` starts or joins Ray, pins a trial-store actor to the driver's node (when
 the results are local; on an object store each trial's node writes its store directly),
 runs every trial that is not already done as a function trainable, and streams their
 records into Parquet through a Tune callback in the driver. Each call builds a fresh Tuner
@@ -108,7 +108,7 @@ def quiet_ray_notices() -> None:
 
 
 def start_store(checkpoint_dir: Path, name: str):
-    """The checkpoint-store actor, on the driver's node so its files sit beside the results."""
+    """The trial-store actor, on the driver's node so its files sit beside the results."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

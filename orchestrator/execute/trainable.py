@@ -101,7 +101,7 @@ def attempt_context(trial_id: str, start: dict[str, Any], config) -> dict[str, A
 
 
 class StoreClient:
-    """The trial store as this worker reaches it: `call("put", ...)` runs CheckpointStore's
+    """The trial store as this worker reaches it: `call("put", ...)` runs TrialStore's
     method in the driver's actor (params["store"] names it) or here, on the store's URI."""
 
     def __init__(self, params: dict[str, Any]):
@@ -111,9 +111,9 @@ class StoreClient:
         if params.get("store"):
             self.actor = ray.get_actor(params["store"], namespace=STORE_NAMESPACE)
         else:
-            from orchestrator.execute.store import CheckpointStore
+            from orchestrator.execute.store import TrialStore
 
-            self.local = CheckpointStore(params["store_root"])
+            self.local = TrialStore(params["store_root"])
 
     def call(self, method: str, *args: Any) -> Any:
         if self.actor is not None:

@@ -14,7 +14,7 @@ from orch_helpers import PROV, epoch, tiny_trial
 
 from orchestrator.cli import main
 from orchestrator.execute.recorder import Recorder
-from orchestrator.execute.store import CheckpointStore
+from orchestrator.execute.store import TrialStore
 from orchestrator.execute.trackers import TRACKED, Trackers, read_scalars, run_name
 from orchestrator.layout import ExperimentLayout
 from trainers.parquet_io import write_parquet_atomic
@@ -30,7 +30,7 @@ def run_epochs(layout, trials, log, epochs, attempt=1, say=None):
     driver) unless the caller closes it."""
     rec = Recorder(layout, trials, PROV, trackers=Trackers(layout, log, say=say or print))
     rec.sync_trackers()
-    store = CheckpointStore(layout.store)
+    store = TrialStore(layout.store)
     for trial in trials:
         store.begin(trial.trial_id, trial.to_payload(), {"host": "h", **PROV})
         rec.started(trial.trial_id)
