@@ -3,7 +3,7 @@
 With a local results root, trials may run on nodes that do not share it, so their
 checkpoints travel as bytes to one store actor on the driver's node; with a root every node
 reaches (an s3:// or gs:// URI), each trial's node writes its store directly
-(execute/trainable.py). Either way the store is the experiment folder's `checkpoints/<trial_id>/`
+(execute/attempt.py). Either way the store is the experiment folder's `checkpoints/<trial_id>/`
 holds the trainer's two latest checkpoints (`checkpoint-<epoch>.pth.tar`), `state.json`
 (each checkpoint's epoch and sha256, attempts, the trial's outcome once it returned, and
 every epoch's metrics: the source of truth for what the trial has done) and `trial.json`
