@@ -69,6 +69,24 @@ def worker_dies(trials: list[TrialSpec], after_epoch: int):
             plan.unlink(missing_ok=True)
 
 
+def tensorboard_scalars(folder: Path) -> list[tuple[int, dict[str, float]]]:
+    """A run folder's scalars as TensorBoard itself loads them (its EventAccumulator, which
+    drops what a later file's purge marker purges): (step, {tag: value}) per event, in order;
+    a step logged twice is there twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    series = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    out: list[tuple[int, dict[str, float]]] = []
+    for i in range(max((len(s) for s in series.values()), default=0)):
+        at = {tag: s[i] for tag, s in series.items() if i < len(s)}
+        steps = {e.step for e in at.values()}
+        assert len(steps) == 1, f"{folder}: the tags' {i}th values are of steps {steps}"
+        out.append((steps.pop(), {tag: e.value for tag, e in at.items()}))
+    return out
+
+
 def tiny_yaml(path: Path, body: str | None = None) -> Path:
     """An experiments file with one tiny grid `tiny` (or `body` verbatim)."""
     path.write_text(body if body is not None else """
