@@ -9,11 +9,14 @@ state.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from norms.impl import check_impl, training_function
-from norms.modes import ECM_MODES
+from norms.online_inputs import OnlineNormConstants, OnlineNormState
+from norms.sample_chain import SampleChain, chain_over
 
 
 class LayerScaling(nn.Module):
@@ -48,10 +51,20 @@ class ActivationClamp(nn.Module):
         return f"clamp_val={self.clamp_val}"
 
 
-def _check_alpha(name: str, value: float) -> float:
-    if not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return float(value)
+class _Constant:
+    """A layer attribute that is one field of the layer's OnlineNormConstants: read from
+    them, and set by replacing them (so a new value is checked too)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layer: _OnlineNorm | None, owner: type | None = None) -> object:
+        if layer is None:
+            return self
+        return getattr(layer.constants, self.name)
+
+    def __set__(self, layer: _OnlineNorm, value: object) -> None:
+        layer.constants = dataclasses.replace(layer.constants, **{self.name: value})
 
 
 class _OnlineNorm(nn.Module):
@@ -60,26 +73,31 @@ class _OnlineNorm(nn.Module):
     impl: 'auto' (Triton kernels for CUDA inputs, eager ops otherwise), 'eager' or 'triton'
     (CUDA inputs, or CPU inputs under Triton's interpreter); a plain attribute, so it can be
     changed on a built layer and is not part of the state_dict.
+
+    constants: alpha_fwd, alpha_bkw, eps, ecm, ls_eps and clamp_val as one frozen
+    OnlineNormConstants (norms.online_inputs), checked once here and handed to the training
+    ops as they are; the attributes of those names read them (and a new value replaces
+    them, checked again). Like `impl`, they are not part of the state_dict.
     """
 
     # The default for layers pickled before `impl` existed.
     impl = "auto"
+    # Attributes as before the constants were one object, read from and written to them.
+    alpha_fwd = _Constant()
+    alpha_bkw = _Constant()
+    eps = _Constant()
+    ecm = _Constant()
+    ls_eps = _Constant()
+    clamp_val = _Constant()
 
     def __init__(self, num_features: int, alpha_fwd: float = 0.999, alpha_bkw: float = 0.99,
                  eps: float = 1e-5, affine: bool = True, ecm: str = "ls",
                  ls_eps: float = 1e-5, clamp_val: float = 5, impl: str = "auto"):
         super().__init__()
-        if ecm not in ECM_MODES:
-            raise ValueError(f"unknown ecm {ecm!r}: choose one of {', '.join(ECM_MODES)}")
+        self.constants = OnlineNormConstants(alpha_fwd, alpha_bkw, eps, ecm, ls_eps, clamp_val)
         self.impl = check_impl(impl)
         self.num_features = num_features
-        self.alpha_fwd = _check_alpha("alpha_fwd", alpha_fwd)
-        self.alpha_bkw = _check_alpha("alpha_bkw", alpha_bkw)
-        self.eps = float(eps)
         self.affine = affine
-        self.ecm = ecm
-        self.ls_eps = float(ls_eps)
-        self.clamp_val = float(clamp_val)
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features))
             self.bias = nn.Parameter(torch.zeros(num_features))
@@ -99,13 +117,21 @@ class _OnlineNorm(nn.Module):
         else:
             self.compensation = nn.Identity()
 
-    # Set by norms.convert_sync_norms: one chain over the global batch of a process group.
+    # Set by synchronize: one chain over the global batch of a process group.
     synchronized = False
     process_group: object = None
 
     def synchronize(self, process_group: object = None) -> None:
-        """Run the recurrences over every rank's samples (see norms.sync)."""
+        """Run the recurrences over every rank's samples, in place (the hook that
+        norms.convert_sync_norms calls; norms.sample_chain)."""
         self.synchronized, self.process_group = True, process_group
+
+    def __setstate__(self, state: dict) -> None:
+        # A layer pickled before the constants were one object holds them one by one.
+        if "constants" not in state:
+            fields = [f.name for f in dataclasses.fields(OnlineNormConstants)]
+            state["constants"] = OnlineNormConstants(*(state.pop(name) for name in fields))
+        super().__setstate__(state)
 
     def reset_running_stats(self) -> None:
         self.m.zero_()
@@ -119,25 +145,16 @@ class _OnlineNorm(nn.Module):
                              f"{dims}-d input with {self.num_features} channels, got shape "
                              f"{tuple(x.shape)}")
 
-    def _chain(self):
-        if not self.synchronized:
-            return None
-        import torch.distributed as dist
-
-        if not (dist.is_initialized() and dist.get_world_size(self.process_group) > 1):
-            return None
-        from norms.sync import SampleChain
-
-        return SampleChain(self.process_group)
+    def _chain(self) -> SampleChain | None:
+        return chain_over(self.process_group) if self.synchronized else None
 
     def _forward4d(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            args = (x, self.weight, self.bias, self.m, self.var, self.u, self.v,
-                    self.alpha_fwd, self.alpha_bkw, self.eps, self.ecm, self.ls_eps,
-                    self.clamp_val)
             function = training_function(self.impl, x.device)
-            chain = self._chain()   # both ops run the chain over ranks (norms.sync)
-            return function.apply(*args, chain) if chain is not None else function.apply(*args)
+            state = OnlineNormState(self.m, self.var, self.u, self.v)
+            # both ops run the chain over ranks, if any
+            return function.apply(x, self.weight, self.bias, state, self.constants,
+                                  self._chain())
         scale = (self.var.double() + self.eps).rsqrt()
         shift = -self.m.double() * scale
         y = torch.addcmul(shift.to(x.dtype)[:, None, None], x, scale.to(x.dtype)[:, None, None])
@@ -166,3 +183,9 @@ class OnlineNorm1d(_OnlineNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x, 2)
         return self._forward4d(x[:, :, None, None]).flatten(1)
+
+
+def check_options(**options: object) -> None:
+    """Refuse a bad layer option (ecm, alpha_fwd, impl, ...) before any layer is built
+    (norms.registry's factories check up front): the layer's own checks, on one channel."""
+    OnlineNorm2d(1, **options)

@@ -11,14 +11,16 @@ Every (n, c) quantity is a float64 (C, N) tensor, samples last: the recurrences 
 the contiguous dimension, per-channel vectors broadcast as (C, 1) columns and per-sample
 factors (layer scaling) as (1, N) rows.
 
-The Function never sees the module: the state buffers come in as tensors and are updated in
-place, so deep copies, pickling and DDP replicas each keep their own state.
+The Function never sees the module: the state buffers come in as tensors (one
+OnlineNormState) and are updated in place, so deep copies, pickling and DDP replicas each
+keep their own state; the layer's constants come in as one OnlineNormConstants
+(norms.online_inputs).
 
-With a `chain` (norms.sync.SampleChain, in a data-parallel trial) the recurrences run over
-the samples of every rank: the per-sample statistics are all-gathered before each recurrence
-and each rank keeps its own columns after it; what feeds the control state is divided by the
-world size (each rank's gradient is that many times the one-device one) and the state's share
-of the input gradient multiplied back.
+With a `chain` (norms.sample_chain.SampleChain, in a data-parallel trial) the recurrences run
+over the samples of every rank: the per-sample statistics are all-gathered before each
+recurrence and each rank keeps its own columns after it; what feeds the control state is
+divided by the world size (each rank's gradient is that many times the one-device one) and
+the state's share of the input gradient multiplied back.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from norms import passes
+from norms.online_inputs import OnlineNormConstants, OnlineNormState
 from norms.recurrences import constant_decay, varying_decay
 
 
@@ -63,11 +66,10 @@ class OnlineNormFunction(torch.autograd.Function):
     # twice between forward and backward.
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
-                u: torch.Tensor, v: torch.Tensor, alpha_fwd: float, alpha_bkw: float,
-                eps: float, ecm: str, ls_eps: float, clamp_val: float,
-                chain: Any = None) -> torch.Tensor:
-        a = alpha_fwd
+                bias: torch.Tensor | None, state: OnlineNormState,
+                constants: OnlineNormConstants, chain: Any = None) -> torch.Tensor:
+        a, eps, ecm = constants.alpha_fwd, constants.eps, constants.ecm
+        m, var = state.m, state.var
         mu, s2 = passes.spatial_stats(x)
         batch_mu, batch_s2 = (chain.gather(mu), chain.gather(s2)) if chain else (mu, s2)
         # Mean and variance states seen by each sample (columns 0..N-1) and after the batch (N).
@@ -95,7 +97,7 @@ class OnlineNormFunction(torch.autograd.Function):
         if ecm == "ls":
             # E_hw[z^2] = Var(z) + E[z]^2 = a0^2*s2 + E[z]^2, no pass over x needed.
             mean_z2 = torch.addcmul(mean_z * mean_z, a0 * a0, s2)
-            f = mean_z2.mean(0, keepdim=True).add_(ls_eps).rsqrt_()
+            f = mean_z2.mean(0, keepdim=True).add_(constants.ls_eps).rsqrt_()
             k_scale = f.pow(3).mul_(1.0 / (x.shape[1] * x.shape[2] * x.shape[3]))
             torch.mul(a0, f, out=scale)
             torch.mul(b0, f, out=shift)
@@ -104,12 +106,12 @@ class OnlineNormFunction(torch.autograd.Function):
             shift.copy_(b0)
         out = passes.scale_shift(x, scale, shift)
         if ecm == "ac":
-            out.clamp_(-clamp_val, clamp_val)
+            out.clamp_(-constants.clamp_val, constants.clamp_val)
 
         ctx.save_for_backward(x, weight, bias)
         ctx.small = (mu, s2, d, m_i, r, a0, mean_z, f, k_scale, scale, shift)
-        ctx.state = (u, v)
-        ctx.config = (alpha_bkw, ecm, clamp_val)
+        ctx.state = state
+        ctx.constants = constants
         ctx.chain = chain
         return out
 
@@ -118,8 +120,9 @@ class OnlineNormFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias = ctx.saved_tensors
         mu, s2, d, m_i, r, a0, mean_z, f, k_scale, scale, shift = ctx.small
-        u, v = ctx.state
-        beta, ecm, clamp_val = ctx.config
+        u, v = ctx.state.u, ctx.state.v
+        constants = ctx.constants
+        beta, ecm, clamp_val = constants.alpha_bkw, constants.ecm, constants.clamp_val
         chain = ctx.chain
         hw = x.shape[2] * x.shape[3]
 
@@ -191,4 +194,4 @@ class OnlineNormFunction(torch.autograd.Function):
             else:
                 c_out.copy_(c)
             grad_x = passes.combine(grad, x, scale, q, c_out)
-        return (grad_x, grad_weight, grad_bias) + (None,) * 11
+        return grad_x, grad_weight, grad_bias, None, None, None

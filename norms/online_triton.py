@@ -1,14 +1,15 @@
 """The training-mode Online Normalization op on Triton kernels (norms.triton_kernels).
 
 Same contract as norms.online_function.OnlineNormFunction, the eager closed form: an
-(N, C, H, W) input, the state buffers m, var, u, v updated in place, the paper's control
-process as the backward. Each direction is three kernel launches, four with layer scaling
+(N, C, H, W) input, the state buffers m, var, u, v (an OnlineNormState) updated in place,
+the layer's constants as one OnlineNormConstants, the paper's control process as the
+backward. Each direction is three kernel launches, four with layer scaling
 (the kernel module's docstring lists them). Nothing here waits for the device or branches
 on tensor values, and block sizes follow from the shape alone (no autotuning), so a step can
 run ahead of the GPU and be captured in a CUDA graph.
 
-With a `chain` (norms.sync.SampleChain: a data-parallel trial, every rank with the same
-number of samples) the recurrences run over every rank's samples, as in the eager op. The
+With a `chain` (norms.sample_chain.SampleChain: a data-parallel trial, every rank with the
+same number of samples) the recurrences run over every rank's samples, as in the eager op. The
 forward all-gathers the per-(n, c) partial sums of spatial_sums (small: never activations),
 scans the global batch on every rank (m and var come out the same everywhere) and keeps only
 this rank's per-(n, c) results, so that the output pass and the whole backward but its scan
@@ -36,6 +37,7 @@ import triton
 from torch.autograd.function import once_differentiable
 
 from norms import triton_kernels as kernels
+from norms.online_inputs import OnlineNormConstants, OnlineNormState
 
 _ECM = {"none": kernels.ECM_NONE.value, "ls": kernels.ECM_LS.value, "ac": kernels.ECM_AC.value}
 
@@ -176,13 +178,10 @@ class OnlineNormTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-                bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
-                u: torch.Tensor, v: torch.Tensor, alpha_fwd: float, alpha_bkw: float,
-                eps: float, ecm: str, ls_eps: float, clamp_val: float,
-                chain: Any = None) -> torch.Tensor:
+                bias: torch.Tensor | None, state: OnlineNormState,
+                constants: OnlineNormConstants, chain: Any = None) -> torch.Tensor:
         with _on_device(x.device):
-            return _forward(ctx, x, weight, bias, m, var, u, v, alpha_fwd, alpha_bkw, eps,
-                            ecm, ls_eps, clamp_val, chain)
+            return _forward(ctx, x, weight, bias, state, constants, chain)
 
     @staticmethod
     @once_differentiable
@@ -221,18 +220,17 @@ def _gather(chain: Any, t: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
-             bias: torch.Tensor | None, m: torch.Tensor, var: torch.Tensor,
-             u: torch.Tensor, v: torch.Tensor, alpha_fwd: float, alpha_bkw: float,
-             eps: float, ecm: str, ls_eps: float, clamp_val: float,
-             chain: Any = None) -> torch.Tensor:
+             bias: torch.Tensor | None, state: OnlineNormState,
+             constants: OnlineNormConstants, chain: Any = None) -> torch.Tensor:
     n, c, h, w = x.shape
     hw = h * w
     x, x_strides = _spatial_strides(x)
     affine = weight is not None
     w_arg, b_arg = _params(weight, bias, x)
     device = x.device
-    consts = _constants((float(alpha_fwd), float(eps), float(alpha_bkw), float(ls_eps),
-                         float(clamp_val)), device)
+    ecm = constants.ecm
+    consts = _constants((constants.alpha_fwd, constants.eps, constants.alpha_bkw,
+                         constants.ls_eps, constants.clamp_val), device)
 
     sums = _pair_sums(kernels.spatial_sums_kernel, (x,), (x_strides,), (n, c, hw), (), {})
     if chain is not None:
@@ -242,7 +240,7 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
     coef = _empty((2, n, c), _compute_dtype(x), device)
     block_n, block_c = _scan_blocks(total, c)
     _launch(kernels.forward_scan_kernel, (_cdiv(c, block_c),),
-            sums, m, var, w_arg, b_arg, saved, coef, consts, total, first, n, c, hw,
+            sums, state.m, state.var, w_arg, b_arg, saved, coef, consts, total, first, n, c, hw,
             SPLIT=sums.shape[1], BLOCK_N=block_n, BLOCK_C=block_c, HAS_AFFINE=affine,
             WRITE_COEF=ecm != "ls")
     del sums
@@ -262,7 +260,7 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
 
     ctx.save_for_backward(x, weight, bias)
     ctx.small = (saved, coef, fk)
-    ctx.state = (u, v)
+    ctx.state = state
     ctx.config = (consts, ecm)
     ctx.chain = chain
     return out
@@ -271,7 +269,7 @@ def _forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None,
 def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, weight, bias = ctx.saved_tensors
     saved, coef, fk = ctx.small
-    u, v = ctx.state
+    u, v = ctx.state.u, ctx.state.v
     consts, ecm = ctx.config
     chain = ctx.chain
     n, c, h, w = x.shape
@@ -318,4 +316,4 @@ def _backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ..
         _launch(kernels.combine_kernel, grid,
                 grad_out, x, coef, back_coef, grad_x, consts, n, c, hw, *g_strides,
                 *x_strides, *out_strides, *blocks, ECM=_ECM[ecm], **sizes)
-    return (grad_x, grad_weight, grad_bias) + (None,) * 11
+    return grad_x, grad_weight, grad_bias, None, None, None

@@ -7,9 +7,10 @@ A path is only ever imported (`importlib.import_module`, then attribute lookups)
 module installed where the trial runs; it is never evaluated. The built-in names win over an
 entry point of the same name.
 
-Torch-free: naming and resolving a plugin (`plugin_path`) imports nothing, so configs, trial
-ids, experiments.yaml checks and the dry runs stay light; `load_plugin` imports it when a
-layer is built (norms/registry.py).
+Torch-free: naming and resolving a plugin (`plugin_path`, `plugin_normalizer`) imports
+nothing, so configs, trial ids, experiments.yaml checks and the dry runs stay light;
+`load_plugin` imports it when a layer is built (norms/registry.py). A resolved plugin is a
+row of the table of normalizers (norms.modes), named and built by its import path.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import importlib.util
 import re
 from typing import Any, Callable
 
-from norms.modes import NORM_MODES
+from norms.modes import NORM_MODES, Normalizer, add_normalizer
 
 ENTRY_POINT_GROUP = "onorm.norms"
 _DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
@@ -65,6 +66,14 @@ def plugin_path(norm: str) -> str:
     raise PluginError(f"unknown normalizer {norm!r}; choose one of {', '.join(NORM_MODES)}, "
                       f"or a plugin ({installed}an {ENTRY_POINT_GROUP} entry point's name, or "
                       "module:Class of an installed package)")
+
+
+def plugin_normalizer(norm: str) -> Normalizer:
+    """The table's row of the plugin normalizer `norm` (an entry point's name or a path),
+    added when first resolved: its name and builder are the import path it resolves to, and
+    it takes no options. PluginError naming the choices when there is none."""
+    path = plugin_path(norm)
+    return add_normalizer(Normalizer(path, path, plugin=True))
 
 
 def load_plugin(path: str) -> Callable[..., Any]:

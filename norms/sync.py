@@ -2,53 +2,29 @@
 
 `convert_sync_norms(module)` makes every batch norm normalize over the global batch (torch's
 SyncBatchNorm on CUDA; `SyncBatchNorm2d` below elsewhere, since torch's refuses CPU modules)
-and switches every Online Norm to one chain over the global batch: each rank all-gathers the
-per-sample statistics of its slice (small (C, n) tensors, never activations), runs the
-recurrences over all samples in rank order and keeps its own part, forward and backward, so
-the state buffers come out identical on every rank and equal to one process's. Group, layer,
+and hands every other layer that offers the `synchronize` hook (`Synchronizable`) the
+process group. Online Norm offers it: it switches to one chain over the global batch
+(norms.sample_chain), so its state buffers come out identical on every rank and equal to one
+process's. A plugin normalizer that needs the other ranks offers the same hook. Group, layer,
 instance and no normalization work per sample and need nothing.
 
 Each rank's loss is the mean over its own slice and DDP averages the gradients, so the
 gradient reaching a layer on a rank is world-size times the one-device one. Batch norm's
-backward is linear in it; Online Norm's control state (u, v) would scale with it, so the chain
-divides what feeds the state by the world size and multiplies the state's share of the input
-gradient back: the buffers, and so a checkpoint, mean the same for any number of ranks.
+backward is linear in it; Online Norm's control state (u, v) would scale with it, so its
+chain divides what feeds the state by the world size and multiplies the state's share of
+the input gradient back: the buffers, and so a checkpoint, mean the same for any number of
+ranks.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-
-def _world(group: Any) -> int:
-    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
-
-
-class SampleChain:
-    """The global batch's samples, in rank order, for per-sample tensors with the samples
-    along dimension 1: (C, n) for the eager op, (planes, n, C) for the Triton kernels.
-    Every rank must hold the same number of samples."""
-
-    def __init__(self, group: Any = None):
-        self.group = group
-        self.world = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """(C, n) on every rank -> (C, world * n), rank r's samples in columns r*n..(r+1)*n
-        (likewise along dimension 1 of a tensor with more dimensions)."""
-        parts = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(parts, t.contiguous(), group=self.group)
-        return torch.cat(parts, dim=1)
-
-    def local(self, t: torch.Tensor) -> torch.Tensor:
-        """This rank's columns of a (C, world * n) tensor."""
-        n = t.shape[1] // self.world
-        return t[:, self.rank * n:(self.rank + 1) * n]
+from norms.sample_chain import world_size
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
@@ -126,7 +102,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     process_group: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or _world(self.process_group) == 1:
+        if not self.training or world_size(self.process_group) == 1:
             return super().forward(x)
         self.num_batches_tracked.add_(1)
         return _SyncBatchNormFunction.apply(x, self.weight, self.bias, self.running_mean,
@@ -149,20 +125,34 @@ def _sync_batch_norm(bn: nn.BatchNorm2d, group: Any) -> nn.Module:
     return synced
 
 
+@runtime_checkable
+class Synchronizable(Protocol):
+    """A layer that needs the other ranks of a data-parallel trial, and says how.
+
+    convert_sync_norms calls `synchronize(process_group)` once, on the layer as built and
+    moved to its device, before the trainer builds the optimizer, with the group the
+    trial's ranks share (None: torch.distributed's default group). It returns None when the
+    layer switched itself in place, or the module to use in its place (one that loads the
+    layer's state_dict, so that checkpoints move between one worker and several). The
+    layer's children are left to it.
+    """
+
+    def synchronize(self, process_group: Any) -> nn.Module | None: ...
+
+
 def convert_sync_norms(module: nn.Module, process_group: Any = None) -> nn.Module:
-    """`module` with every batch norm synchronized and every Online Norm on one chain over
-    the global batch (see the module docstring); returns the (possibly new) root module.
+    """`module` with every batch norm synchronized and every layer offering the
+    `synchronize` hook (Online Norm, and plugins: `Synchronizable`) handed `process_group`;
+    returns the (possibly new) root module.
 
     Batch norms are replaced by synchronized ones holding the same parameters and buffers
     (build the optimizer after converting); Online Norm layers are switched in place.
     """
-    from norms.online import _OnlineNorm
-
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
         return _sync_batch_norm(module, process_group)
-    if isinstance(module, _OnlineNorm):
-        module.synchronize(process_group)
-        return module
+    if isinstance(module, Synchronizable):
+        replacement = module.synchronize(process_group)
+        return module if replacement is None else replacement
     for name, child in module.named_children():
         converted = convert_sync_norms(child, process_group)
         if converted is not child:

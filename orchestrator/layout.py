@@ -109,6 +109,15 @@ class ExperimentLayout:
         """W&B's offline runs for `--log wandb` (`wandb sync` uploads them)."""
         return self.dir / "wandb"
 
+    @property
+    def tracker_notes(self) -> Location:
+        """What each tracker has written of each trial (`<tracker>/<trial_id>.json`), so
+        that a later run knows it without reading the tracker back."""
+        return self.dir / "tracker-notes"
+
+    def tracker_note(self, tracker: str, trial_id: str) -> Location:
+        return self.tracker_notes / tracker / f"{trial_id}.json"
+
     def table(self, metric: str, suffix: str) -> Location:
         return self.tables / f"{metric}{suffix}"
 

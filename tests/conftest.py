@@ -11,10 +11,13 @@ fails naming each test that tried.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from orchestrator.execute.attempt import WORKER_DEATHS_VAR
 
 # Every fixture that starts Ray (ray_session, ray_module, ray_exclusive, test_results_s3.py's
 # s3_ray) asks for this one, which stops Ray at the end: a test that reaches it starts Ray.
@@ -23,6 +26,10 @@ _FORBID_DIR = Path(__file__).parent / "forbid_ray"
 
 
 def pytest_configure(config):
+    # before any Ray starts, so that every Ray worker sees it: the folder where a test plans a
+    # worker's death (orch_helpers.worker_dies; read by execute/attempt.py's exit_if_planned)
+    config._worker_deaths = tempfile.mkdtemp(prefix="onorm-worker-deaths-")
+    os.environ[WORKER_DEATHS_VAR] = config._worker_deaths
     if os.environ.get("ONORM_TESTS_FORBID_RAY") != "1":
         return
     # subprocesses (an `onorm run`, `ray start`) load the same refusal through PYTHONPATH
@@ -46,6 +53,7 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_sessionfinish(session):
+    shutil.rmtree(getattr(session.config, "_worker_deaths", ""), ignore_errors=True)
     log = os.environ.get("ONORM_TESTS_RAY_STARTS")
     if os.environ.get("ONORM_TESTS_FORBID_RAY") != "1" or not log or not os.path.exists(log):
         return

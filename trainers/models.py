@@ -1,7 +1,8 @@
 """The paper's networks: the CIFAR ResNet (depth 6n+2) and torchvision's ImageNet ResNets/ResNeXts.
 
 Models take a `norm_layer` callable (channels -> module) and never branch on the norm kind;
-the only place that knows the kinds is norms.registry.
+the only place that knows the kinds is the table of normalizers (norms.modes, built by
+norms.registry).
 """
 
 from __future__ import annotations

@@ -123,9 +123,9 @@ def recorded_rows(layout: ExperimentLayout) -> tuple[dict[str, dict], dict[str, 
 
 
 def stored_ids(layout: ExperimentLayout) -> list[str]:
-    from orchestrator.execute.store import CheckpointStore
+    from orchestrator.execute.store import TrialStore
 
-    return CheckpointStore(layout.store).trial_ids()
+    return TrialStore(layout.store).trial_ids()
 
 
 def watched_trial(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
@@ -133,10 +133,10 @@ def watched_trial(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
     """One trial's progress from its row, its metrics and its store (the store is ahead of
     the Parquet files by the epoch in flight); None for a trial nothing describes."""
     from norms.modes import options_of
-    from orchestrator.execute.store import CheckpointStore
+    from orchestrator.execute.store import TrialStore
     from orchestrator.report.grid_progress import TrialProgress, seconds_per_epoch
 
-    store = CheckpointStore(layout.store)
+    store = TrialStore(layout.store)
     state = store.state(trial_id)
     config = (payload or store.spec(trial_id) or {}).get("config") or {}
     if not config and row.get("config_json"):

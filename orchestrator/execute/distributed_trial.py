@@ -20,6 +20,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestrator.execute.attempt import (
+    RESUME_NAME,
+    StoreClient,
+    attempt_context,
+    begin,
+    ensure_synthetic_data,
+    exit_if_planned,
+    record_failure,
+    resume_point,
+    scratch_folder,
+    store_epoch,
+    trial_spec,
+)
+
 # The coordinating trial's request: Tune cannot place a trial that asks for nothing, and a
 # CPU fraction would keep K workers from using all of a node's CPUs; a MiB of Ray's logical
 # memory resource costs nothing (checked: such a Tune trial runs).
@@ -33,20 +47,12 @@ def run_distributed(params: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from orchestrator.execute.placement import worker_strategy
-    from orchestrator.execute.trainable import (
-        StoreClient,
-        node_context,
-        record_failure,
-        resume_point,
-    )
 
-    payload = params["trial"]
-    trial_id, res = payload["trial_id"], payload["resources"]
-    store = StoreClient(params)
-    start = store.call("begin", trial_id, payload, node_context(params))
+    trial_id, res = params["trial"]["trial_id"], params["trial"]["resources"]
+    store, start = begin(params)
     per_worker = {"CPU": res["cpu"], "GPU": res["gpu"]} if res["gpu"] else {"CPU": res["cpu"]}
     storage = Path(tempfile.mkdtemp(prefix=f"onorm-train-{trial_id}-"))
-    scratch = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-coordinator-"))
+    scratch = scratch_folder(trial_id, "coordinator-")
     try:
         start, _ = resume_point(store, trial_id, start, scratch)
         checkpoint = start.pop("checkpoint")
@@ -99,28 +105,19 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
     import ray
     import ray.train
 
-    from orchestrator.execute.trainable import (
-        StoreClient,
-        attempt_context,
-        config_from_dict,
-        die_if_asked,
-        ensure_synthetic_data,
-        store_epoch,
-    )
     from trainers.train import train
 
     params, start = loop_config["params"], loop_config["start"]
-    payload = params["trial"]
-    trial_id, hooks = payload["trial_id"], params.get("hooks") or {}
+    trial_id = params["trial"]["trial_id"]
     rank = ray.train.get_context().get_world_rank()
-    config = config_from_dict(payload["config"])
-    ensure_synthetic_data(config, payload.get("synthetic"))
+    spec = trial_spec(params)
+    ensure_synthetic_data(spec)
     store = StoreClient(params)
-    context = attempt_context(trial_id, start, config)
-    model_dir = Path(tempfile.mkdtemp(prefix=f"onorm-{trial_id}-rank{rank}-"))
+    context = attempt_context(spec, start)
+    model_dir = scratch_folder(trial_id, f"rank{rank}-")
     resume = None
     if loop_config["checkpoint"] is not None:
-        resume = model_dir / "resume.pth.tar"
+        resume = model_dir / RESUME_NAME
         resume.write_bytes(ray.get(loop_config["checkpoint"]))
 
     def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
@@ -128,10 +125,10 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
             metrics = store_epoch(store, trial_id, metrics, checkpoint_path)
         ray.train.report({**metrics, **context, "epoch": int(metrics["epoch"])})
         if rank == 0:
-            die_if_asked(hooks, start["attempt"], int(metrics["epoch"]), trial_id)
+            exit_if_planned(trial_id, start["attempt"], int(metrics["epoch"]))
 
     try:
-        outcome = train(config, report, model_dir=model_dir, resume=resume, progress=False,
+        outcome = train(spec.config, report, model_dir=model_dir, resume=resume, progress=False,
                         print_freq=0, log=lambda line: print(line, flush=True))
         if rank == 0:
             store.call("finish", trial_id, outcome.status)

@@ -9,7 +9,7 @@ never download into one folder at once, and reports which code the node runs: on
 version with a hash of the source files its Python imports, torch's and ray's versions.
 Nodes without data or with other code than the driver's are named in one line, before
 anything is trained. Nodes an autoscaler adds later are not seen here; a trial there still
-fails at once, without retries, when its data is missing (trainable.py).
+fails at once, without retries, when its data is missing (attempt.py).
 
 No ray or torch at import time (the CLI's data check uses `data_problem`).
 """

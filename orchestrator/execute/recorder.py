@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable
 
 from orchestrator import storage
-from orchestrator.execute.store import CheckpointStore
+from orchestrator.execute.store import TrialStore
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
 from trainers.errors import UserError
@@ -54,7 +54,7 @@ class Recorder:
                  say: Callable[[str], None] | None = None, trackers: Any = None):
         self.experiment = layout.name
         self.layout = layout
-        self.store = CheckpointStore(layout.store)
+        self.store = TrialStore(layout.store)
         self.specs = {t.trial_id: t for t in trials}
         self.provenance = provenance
         self.skip_statuses = skip_statuses

@@ -1,6 +1,6 @@
 """Run a list of trials on Ray Tune and record them: the core of `onorm run` (and tuning).
 
-`run_trials` starts or joins Ray, pins a checkpoint-store actor to the driver's node (when
+`run_trials` starts or joins Ray, pins a trial-store actor to the driver's node (when
 the results are local; on an object store each trial's node writes its store directly),
 runs every trial that is not already done as a function trainable, and streams their
 records into Parquet through a Tune callback in the driver. Each call builds a fresh Tuner
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from orchestrator import storage
+from orchestrator.execute.attempt import STORE_NAMESPACE
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.placement import check_resources, trial_bundle
@@ -29,7 +30,6 @@ from orchestrator.execute.provenance import provenance
 from orchestrator.execute.recorder import Recorder
 from orchestrator.execute.sigterm import take_sigterm_as_ctrl_c
 from orchestrator.execute.trackers import Trackers
-from orchestrator.execute.trainable import STORE_NAMESPACE
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
 from trainers.errors import UserError
@@ -108,7 +108,7 @@ def quiet_ray_notices() -> None:
 
 
 def start_store(checkpoint_dir: Path, name: str):
-    """The checkpoint-store actor, on the driver's node so its files sit beside the results."""
+    """The trial-store actor, on the driver's node so its files sit beside the results."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -225,7 +225,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | sto
                scheduler: Any = None, search_alg: Any = None, metric: str = "val_acc1",
                mode: str = "max", max_failures: int = 2,
                skip_statuses: tuple[str, ...] = DONE_STATUSES,
-               hooks: dict[str, Any] | None = None, live: LiveView | None = None,
+               live: LiveView | None = None,
                on_start: Callable[[], None] | None = None,
                log: tuple[str, ...] | list[str] = ()) -> RunSummary:
     """Run the trials that are not done yet; return the count of trials by final status.
@@ -237,9 +237,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | sto
     ConcurrencyLimiter). A trial a scheduler ends early is recorded as 'stopped'. `on_start`
     runs once the run is sure to go ahead (after the cluster check), e.g. to write the
     resolved experiment.yaml: a refused run writes nothing. `log` names the optional
-    trackers (mlflow, wandb) besides TensorBoard (execute/trackers.py). `hooks` are
-    test-only (e.g. {"exit_after_epoch": 2, "trials": [id]} kills the worker once on the
-    first attempt).
+    trackers (mlflow, wandb) besides TensorBoard (execute/trackers.py).
     """
     layout = ExperimentLayout.of(storage.results_root(results_root), experiment)
     with experiment_lock(layout.dir):   # one writer per folder
@@ -297,8 +295,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | sto
                 tune.with_resources(run_trial, resources),
                 param_space={"trial": tune.grid_search([t.to_payload() for t in pending]),
                              "store": store_name, "store_root": str(layout.store),
-                             "experiment": experiment,
-                             "hooks": hooks or {}},
+                             "experiment": experiment},
                 tune_config=tune.TuneConfig(**tune_config),
                 run_config=tune.RunConfig(
                     name=time.strftime("%Y%m%d-%H%M%S"), storage_path=tune_folder(layout),

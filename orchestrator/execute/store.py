@@ -1,9 +1,9 @@
-"""Each trial's checkpoints and per-epoch history, kept beside the results.
+"""The trial store: each trial's checkpoints and per-epoch history, kept beside the results.
 
 With a local results root, trials may run on nodes that do not share it, so their
 checkpoints travel as bytes to one store actor on the driver's node; with a root every node
 reaches (an s3:// or gs:// URI), each trial's node writes its store directly
-(execute/trainable.py). Either way the store is the experiment folder's `checkpoints/<trial_id>/`
+(execute/attempt.py). Either way the store is the experiment folder's `checkpoints/<trial_id>/`
 holds the trainer's two latest checkpoints (`checkpoint-<epoch>.pth.tar`), `state.json`
 (each checkpoint's epoch and sha256, attempts, the trial's outcome once it returned, and
 every epoch's metrics: the source of truth for what the trial has done) and `trial.json`
@@ -16,7 +16,7 @@ final checkpoint only.
 A checkpoint whose bytes no longer match their checksum (a truncated or overwritten file)
 is set aside as `<name>.damaged-<time>` and the trial resumes from the previous one, or from epoch
 1 when none is intact; the attempt is told so in one line. This survives a SIGKILL of the
-driver: the next `onorm run` resumes each trial from here. `CheckpointStore` is the
+driver: the next `onorm run` resumes each trial from here. `TrialStore` is the
 plain-Python core; the Ray actor wrapping it is made by `store_actor_class()` so this module
 never imports ray.
 """
@@ -89,7 +89,7 @@ def _unrecorded_checkpoints(trial_dir: Location, state: dict[str, Any]) -> list[
     return sorted(found, key=lambda e: -e["epoch"])[:KEEP]
 
 
-class CheckpointStore:
+class TrialStore:
     """Reads and writes trials' checkpoints and progress under one folder."""
 
     def __init__(self, root: str | Location):
@@ -260,7 +260,7 @@ def _lost_text(trial_id: str, lost: list[tuple[int, str]], chosen: dict[str, Any
 
 
 def store_actor_class():
-    """CheckpointStore as a Ray actor class (imports ray, so only call from a Ray driver)."""
+    """TrialStore as a Ray actor class (imports ray, so only call from a Ray driver)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(CheckpointStore)
+    return ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(TrialStore)

@@ -1,8 +1,8 @@
 """Chains over ranks inside one process, for the Online Norm ops' `chain` argument.
 
-norms.sync.SampleChain gathers with torch.distributed; ThreadChain stands in for it without
-process groups: each rank is a thread of this process, and they run one at a time: a rank
-runs until it gathers, then waits there for the others, so every rank has its own samples
+norms.sample_chain.SampleChain gathers with torch.distributed; ThreadChain stands in for it
+without process groups: each rank is a thread of this process, and they run one at a time:
+a rank runs until it gathers, then waits there for the others, so every rank has its own samples
 and the ops run exactly as in a data-parallel trial. The ranks must call the autograd
 Functions' forward and backward themselves (`call_function`): a CUDA backward through the
 autograd engine runs on the device's single autograd thread, where one waiting rank would

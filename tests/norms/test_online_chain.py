@@ -1,4 +1,4 @@
-"""The chain over ranks (norms.sync) of the Triton path, inside one process.
+"""The chain over ranks (norms.sample_chain) of the Triton path, inside one process.
 
 K ranks, each on its slice of a global batch with its gradient at rank scale (K times the
 one-device one: each rank's loss is the mean over its own slice), compute what one process
@@ -18,6 +18,8 @@ import torch
 from chains import call_function, run_ranks
 from devices import TRITON, TRITON_DEVICES
 from norm_helpers import nan_padded, rel_err
+
+from norms.online_inputs import OnlineNormConstants, OnlineNormState
 
 pytestmark = pytest.mark.skipif(not TRITON, reason="triton is not installed")
 ALPHA_FWD, ALPHA_BKW, EPS, LS_EPS, CLAMP = 0.9, 0.8, 1e-5, 1e-5, 1.5
@@ -57,7 +59,8 @@ def train(function, problem, ecm, device, chain=None, world=1, rank=0):
         n = x_all.shape[0] // world
         x = x_all[rank * n:(rank + 1) * n].to(device, copy=True)
         g = world * g_all[rank * n:(rank + 1) * n].to(device)
-        args = (x, w, b, *buffers, ALPHA_FWD, ALPHA_BKW, EPS, ecm, LS_EPS, CLAMP)
+        args = (x, w, b, OnlineNormState(*buffers),
+                OnlineNormConstants(ALPHA_FWD, ALPHA_BKW, EPS, ecm, LS_EPS, CLAMP))
         if chain is None:
             x.requires_grad_()
             wb = [p.detach().requires_grad_() for p in (w, b)] if params else [None, None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 
 import pytest
@@ -11,6 +12,7 @@ from devices import DEVICES
 from torch import nn
 
 from norms import OnlineNorm1d, OnlineNorm2d
+from norms.online_inputs import OnlineNormConstants
 
 BUFFERS = ("m", "var", "u", "v")
 
@@ -120,3 +122,54 @@ def test_inplace_activation_after_the_layer() -> None:
         assert torch.equal(out, expected)
         out.sum().backward()
         assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_the_constants_are_one_frozen_object_the_attributes_read() -> None:
+    layer = OnlineNorm2d(3, alpha_fwd=0.9, alpha_bkw=0.8, eps=1e-4, ecm="ac", ls_eps=1e-3,
+                         clamp_val=2)
+    assert layer.constants == OnlineNormConstants(0.9, 0.8, 1e-4, "ac", 1e-3, 2.0)
+    assert hash(layer.constants) == hash(OnlineNormConstants(0.9, 0.8, 1e-4, "ac", 1e-3, 2))
+    assert (layer.alpha_fwd, layer.alpha_bkw, layer.eps, layer.ecm, layer.ls_eps,
+            layer.clamp_val) == (0.9, 0.8, 1e-4, "ac", 1e-3, 2.0)
+    assert type(layer.clamp_val) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        layer.constants.eps = 1.0
+    assert set(layer.state_dict()) == {"weight", "bias", "m", "var", "u", "v"}
+    assert repr(layer).splitlines()[1].strip() == (
+        "3, alpha_fwd=0.9, alpha_bkw=0.8, eps=0.0001, affine=True, ecm='ac'")
+
+
+def test_setting_an_attribute_replaces_the_constants_checked() -> None:
+    x = torch.randn(4, 3, 5, 5)
+    layer = OnlineNorm2d(3, alpha_fwd=0.5)
+    layer.alpha_fwd = 0.9
+    assert layer.constants.alpha_fwd == 0.9
+    layer(x)
+    built = OnlineNorm2d(3, alpha_fwd=0.9)
+    built(x)
+    assert torch.equal(layer.m, built.m) and torch.equal(layer.var, built.var)
+    with pytest.raises(ValueError, match=r"alpha_bkw must be in \[0, 1\], got 1.5"):
+        layer.alpha_bkw = 1.5
+    with pytest.raises(ValueError, match="unknown ecm 'xx': choose one of ls, ac, none"):
+        layer.ecm = "xx"
+    assert layer.constants == OnlineNorm2d(3, alpha_fwd=0.9).constants   # as it was
+
+
+def test_a_layer_pickled_with_its_constants_one_by_one_loads() -> None:
+    # Layers pickled before the constants were one object hold them as attributes.
+    layer = OnlineNorm2d(3, alpha_fwd=0.9, ecm="ac", clamp_val=2.0)
+    train_step(nn.Sequential(nn.Conv2d(3, 3, 1), layer, nn.Flatten()), 0)
+    state = copy.deepcopy(layer.__dict__)
+    constants = state.pop("constants")
+    state.update(dataclasses.asdict(constants))
+    old = OnlineNorm2d.__new__(OnlineNorm2d)
+    old.__setstate__(state)
+    assert old.constants == constants and "alpha_fwd" not in old.__dict__
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    u_before = layer.u.clone()
+    for module in (old, layer):   # a training step each, from the same state
+        module(x).square().sum().backward()
+    for name in BUFFERS:
+        assert torch.equal(getattr(old, name), getattr(layer, name)), name
+    assert not torch.equal(old.u, u_before)   # the step reached the control state
+    assert torch.equal(old.eval()(x), layer.eval()(x))

@@ -178,6 +178,7 @@ def test_reads_only_what_was_written_in_tiny_tiles(device, nan_guards, tiny_tile
 
 def _check_guarded(shape, ecm, affine, channels_last, device) -> None:
     from norms.online_function import OnlineNormFunction
+    from norms.online_inputs import OnlineNormConstants, OnlineNormState
     from norms.online_triton import OnlineNormTritonFunction
     gen = torch.Generator().manual_seed(4)
     x = (torch.randn(shape, generator=gen) * 2 + 1).to(device)
@@ -194,7 +195,8 @@ def _check_guarded(shape, ecm, affine, channels_last, device) -> None:
         xi = prepare(x).requires_grad_()
         wb = [prepare(p).requires_grad_() if p is not None else None for p in params]
         buffers = [prepare(t) for t in state]
-        out = function.apply(xi, *wb, *buffers, 0.9, 0.8, 1e-5, ecm, 1e-5, 1.5)
+        out = function.apply(xi, *wb, OnlineNormState(*buffers),
+                             OnlineNormConstants(0.9, 0.8, 1e-5, ecm, 1e-5, 1.5))
         out.backward(prepare(grad))
         results.append([out.detach(), xi.grad, *buffers]
                        + ([wb[0].grad, wb[1].grad] if affine else []))

@@ -7,7 +7,8 @@ import torch
 from norm_plugin import PATH
 
 import norms
-from norms.plugins import PluginError, entry_point_norms, plugin_path
+from norms.modes import Normalizer, normalizers, options_of
+from norms.plugins import PluginError, entry_point_norms, plugin_normalizer, plugin_path
 from orchestrator.plan.trial_id import make_trial_id
 from trainers.config import make_config
 from trainers.models import build_model, is_norm_module
@@ -30,6 +31,18 @@ def test_names_resolve_to_import_paths_without_importing(norm_plugin):
     for not_a_path in ("../mypkg/layers.py:MyNorm", "os.system('x')", ".layers:MyNorm"):
         with pytest.raises(PluginError, match="unknown normalizer"):
             plugin_path(not_a_path)
+
+
+def test_a_resolved_plugin_is_a_row_of_the_table(norm_plugin):
+    import sys
+
+    row = plugin_normalizer("mynorm")
+    assert row == Normalizer(PATH, PATH, plugin=True) and plugin_normalizer(PATH) is row
+    assert row in normalizers() and options_of(PATH) == ()
+    assert "mypkg.layers" not in sys.modules   # resolved, not imported
+    with pytest.raises(PluginError, match="unknown normalizer 'mynrom'"):
+        plugin_normalizer("mynrom")
+    assert [r.name for r in normalizers()].count(PATH) == 1
 
 
 def test_a_plugin_layer_is_a_normalizer_for_init_and_weight_decay(norm_plugin):

@@ -1,6 +1,12 @@
-"""The norm registry: every mode builds a working layer; bad modes and options are refused."""
+"""The norm registry: every row of the table of normalizers builds a working layer of its
+classes from its options; bad modes and options are refused; the table reads without torch."""
 
 from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,14 +15,23 @@ from torch import nn
 
 import norms
 from norms import LayerNorm2d, OnlineNorm2d
+from norms.modes import BUILT_IN, Normalizer
+from trainers.config import config_specs
 
 ALL_OPTIONS = {"alpha_fwd": 0.99, "alpha_bkw": 0.9, "ecm": "ac", "eps": 1e-4, "ls_eps": 1e-4,
                "clamp_val": 3.0, "gn_num_groups": 4}
+ROWS = pytest.mark.parametrize("row", BUILT_IN, ids=[row.name for row in BUILT_IN])
+
+
+def imported(path: str):
+    module, attr = path.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mode", norms.NORM_MODES)
-def test_every_mode_runs_forward_and_backward(mode: str, device: str) -> None:
+@ROWS
+def test_every_mode_runs_forward_and_backward(row: Normalizer, device: str) -> None:
+    mode = row.name
     layer = norms.build_norm(mode, 16, **ALL_OPTIONS).to(device)  # unused options ignored
     x = torch.randn(4, 16, 8, 8, device=device, requires_grad=True)
     norms.materialize(layer, x.detach())
@@ -26,6 +41,48 @@ def test_every_mode_runs_forward_and_backward(mode: str, device: str) -> None:
     assert x.grad is not None and torch.isfinite(x.grad).all()
     for param in layer.parameters():
         assert param.grad is not None
+
+
+@ROWS
+def test_every_row_builds_layers_of_its_classes_which_count_as_normalizers(row) -> None:
+    layer = norms.norm_factory(row.name, **ALL_OPTIONS)(16)
+    classes = tuple(imported(path) for path in row.layer_classes)
+    if classes:
+        assert isinstance(layer, classes)
+        assert isinstance(layer, norms.norm_layer_classes())
+    else:   # 'none': nothing there to initialize or exempt
+        assert not isinstance(layer, norms.norm_layer_classes())
+    assert set(classes) <= set(norms.norm_layer_classes())
+
+
+@ROWS
+def test_every_row_names_options_that_exist(row) -> None:
+    # its trial options are trial settings, its builder takes its layer options
+    assert set(row.trial_options) <= set(config_specs())
+    assert set(row.trial_options) <= set(norms.modes.ALL_KIND_OPTIONS)
+    assert norms.modes.options_of(row.name) == row.trial_options
+    parameters = inspect.signature(imported(row.builder)).parameters
+    assert set(row.layer_options) <= set(parameters), row.layer_options
+    assert set(row.layer_options) <= set(norms.registry.NORM_OPTIONS)
+    if row.check:   # refuses a bad value before any layer is built
+        for option in ("ecm", "impl"):
+            if option in row.layer_options:
+                with pytest.raises(ValueError, match=f"unknown {option} 'bogus'"):
+                    norms.norm_factory(row.name, **{option: "bogus"})
+
+
+def test_the_table_reads_without_torch() -> None:
+    script = """
+import sys
+from norms.modes import KIND_OPTIONS, NORM_MODES, normalizers, options_of
+from norms.plugins import plugin_path
+assert [row.name for row in normalizers()] == list(NORM_MODES), normalizers()
+assert options_of("online") == ("afwd", "abkw", "ecm") and options_of("batch") == ()
+assert KIND_OPTIONS == {"group": ("gn_num_groups",), "online": ("afwd", "abkw", "ecm")}
+assert "torch" not in sys.modules, "the table imported torch"
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_modes_are_the_expected_layers() -> None:

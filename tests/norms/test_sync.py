@@ -26,6 +26,7 @@ from norm_helpers import rel_err
 from torch import nn
 
 import norms
+from norms.sync import Synchronizable
 from trainers.models import build_cifar_resnet
 
 WORLD, BATCH, STEPS = 2, 16, 3
@@ -243,6 +244,53 @@ def test_conversion_keeps_the_state_dict_and_eval_outputs():
     assert set(converted.state_dict()) == keys
     assert any(isinstance(m, norms.SyncBatchNorm2d) for m in converted.modules())
     assert torch.equal(converted.eval()(x), before)   # eval: the running statistics as they are
+
+
+class _SwitchesInPlace(nn.Module):
+    """A plugin normalizer offering the synchronize hook, switching itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.BatchNorm2d(2)   # its own: the hook decides, nothing converts it
+        self.groups: list[object] = []
+
+    def synchronize(self, process_group):
+        self.groups.append(process_group)
+
+
+class _Replaced(nn.Module):
+    """A plugin normalizer whose hook returns the module to use in its place."""
+
+    def __init__(self):
+        super().__init__()
+        self.replacement = nn.GroupNorm(1, 2)
+        self.groups: list[object] = []
+
+    def synchronize(self, process_group):
+        self.groups.append(process_group)
+        return self.replacement
+
+
+def test_every_layer_offering_the_hook_gets_the_process_group():
+    group = object()   # convert_sync_norms passes it on, whatever it is
+    in_place, replaced = _SwitchesInPlace(), _Replaced()
+    online = norms.OnlineNorm2d(2)
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Sequential(in_place, replaced), online,
+                          nn.BatchNorm2d(2))
+    converted = norms.convert_sync_norms(model, group)
+    assert converted is model
+    assert in_place.groups == [group] and replaced.groups == [group]
+    assert model[1][0] is in_place and model[1][1] is replaced.replacement
+    assert type(in_place.inner) is nn.BatchNorm2d   # a hook's layer is left to its hook
+    assert online.synchronized and online.process_group is group
+    assert isinstance(model[3], norms.SyncBatchNorm2d) and model[3].process_group is group
+    assert isinstance(online, Synchronizable) and not isinstance(model[0], Synchronizable)
+
+
+def test_a_layer_offering_the_hook_may_be_the_root():
+    replaced = _Replaced()
+    assert norms.convert_sync_norms(replaced) is replaced.replacement
+    assert replaced.groups == [None]   # torch.distributed's default group
 
 
 @pytest.mark.parametrize("ecm", ["ls", "none"])

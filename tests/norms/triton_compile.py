@@ -7,7 +7,7 @@ make (without running them; the kernels must not be interpreted), specializes th
 arguments as the JIT would, and compiles each distinct kernel to a cubin for the target
 (sm_90 by default, Triton's own ptxas). Usage: python tests/norms/triton_compile.py [--arch 90]
 [--ptxas-info] [--cases K | --all]; prints one line per compiled variant, exits 1 if any fails.
-Each case runs once alone and once as rank 1 of a chain over 2 ranks (norms.sync), whose
+Each case runs once alone and once as rank 1 of a chain over 2 ranks (norms.sample_chain), whose
 backward launches kernels of its own.
 """
 
@@ -54,6 +54,7 @@ def record_launches(cases: list | None = None) -> list[tuple[Any, tuple, dict]]:
     import torch
 
     from norms import online_triton, triton_kernels
+    from norms.online_inputs import OnlineNormConstants, OnlineNormState
     assert not triton_kernels.INTERPRETED, "unset TRITON_INTERPRET: the kernels must compile"
     launches: list[tuple[Any, tuple, dict]] = []
     online_triton._launch = lambda kernel, grid, *args, **meta: launches.append(
@@ -69,7 +70,8 @@ def record_launches(cases: list | None = None) -> list[tuple[Any, tuple, dict]]:
         state = [torch.zeros(c), torch.ones(c), torch.zeros(c), torch.zeros(c)]
         for chain in (None, _Chain()):
             out = online_triton.OnlineNormTritonFunction.apply(
-                x, weight, bias, *state, 0.999, 0.99, 1e-5, ecm, 1e-5, 5.0, chain)
+                x, weight, bias, OnlineNormState(*state),
+                OnlineNormConstants(0.999, 0.99, 1e-5, ecm, 1e-5, 5.0), chain)
             out.backward(torch.zeros_like(out))
     return launches
 

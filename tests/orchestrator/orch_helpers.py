@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import psutil
 
+from orchestrator.execute.attempt import WORKER_DEATHS_VAR
 from orchestrator.plan.trials import TrialSpec, make_trial
 from trainers.config import make_config
 from trainers.data.synthetic import ensure_synthetic_cifar
@@ -50,6 +52,39 @@ def tiny_trial(data_dir: Path, norm: str = "batch", seed: int = 0, epochs: int =
     config = make_config("cifar10", str(data_dir), norm=norm, seed=seed, epochs=epochs,
                          **TINY_SETTINGS)
     return make_trial(config, resources or {"cpu": 1.0, "gpu": 0.0}, SYNTHETIC)
+
+
+@contextmanager
+def worker_dies(trials: list[TrialSpec], after_epoch: int):
+    """Within the block, the worker of each of `trials` exits as a lost one does (os._exit)
+    after `after_epoch` of the trial's first attempt: one plan file per trial in the folder
+    tests/conftest.py names in $ONORM_TEST_WORKER_DEATHS before any Ray starts."""
+    plans = [Path(os.environ[WORKER_DEATHS_VAR]) / t.trial_id for t in trials]
+    for plan in plans:
+        plan.write_text(str(after_epoch))
+    try:
+        yield
+    finally:
+        for plan in plans:
+            plan.unlink(missing_ok=True)
+
+
+def tensorboard_scalars(folder: Path) -> list[tuple[int, dict[str, float]]]:
+    """A run folder's scalars as TensorBoard itself loads them (its EventAccumulator, which
+    drops what a later file's purge marker purges): (step, {tag: value}) per event, in order;
+    a step logged twice is there twice."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    series = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    out: list[tuple[int, dict[str, float]]] = []
+    for i in range(max((len(s) for s in series.values()), default=0)):
+        at = {tag: s[i] for tag, s in series.items() if i < len(s)}
+        steps = {e.step for e in at.values()}
+        assert len(steps) == 1, f"{folder}: the tags' {i}th values are of steps {steps}"
+        out.append((steps.pop(), {tag: e.value for tag, e in at.items()}))
+    return out
 
 
 def tiny_yaml(path: Path, body: str | None = None) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from orch_helpers import tiny_yaml
 
-from orchestrator.execute.store import CheckpointStore
+from orchestrator.execute.store import TrialStore
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
 
@@ -27,7 +27,7 @@ def test_dry_run_lists_statuses_without_importing_ray_or_torch(tmp_path):
     pd.DataFrame([{"trial_id": done.trial_id, "status": "completed", "epochs_done": 3},
                   {"trial_id": fresh.trial_id, "status": "pending", "epochs_done": 0}]
                  ).to_parquet(exp_dir / "trials.parquet")
-    store = CheckpointStore(exp_dir / "checkpoints")
+    store = TrialStore(exp_dir / "checkpoints")
     store.begin(partial.trial_id)
     store.put(partial.trial_id, 2, b"weights", {"epoch": 2})
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from orch_helpers import TINY_SETTINGS, tiny_yaml
+from orch_helpers import TINY_SETTINGS, tiny_yaml, worker_dies
 
 from orchestrator.cli import main
 from orchestrator.execute.live import LiveView
@@ -48,9 +48,9 @@ def first_run(tmp_path_factory, ray_module):
     root = tmp_path_factory.mktemp("fault")
     config = tiny_yaml(root / "e.yaml", GRID)
     done, partial = expand(load_experiments(config)["fi"])
-    summary = run_trials("fi", [done, partial], root / "results", max_failures=0,
-                         hooks={"exit_after_epoch": 2, "trials": [partial.trial_id]},
-                         live=LiveView("fi", tty=False))
+    with worker_dies([partial], after_epoch=2):
+        summary = run_trials("fi", [done, partial], root / "results", max_failures=0,
+                             live=LiveView("fi", tty=False))
     assert summary.counts == {"completed": 1, "failed": 1}
     metrics = pd.read_parquet(summary.layout.metrics)
     assert sorted(zip(metrics.trial_id, metrics.epoch)) == sorted(

@@ -10,7 +10,7 @@ import yaml
 from orch_helpers import tiny_yaml
 
 from orchestrator.cli import main
-from orchestrator.execute.store import CheckpointStore
+from orchestrator.execute.store import TrialStore
 from orchestrator.layout import ExperimentLayout
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
@@ -132,7 +132,7 @@ def test_the_run_records_what_was_overridden_and_selected(config, tmp_path, caps
     [online] = listed(capsys, config, *flags, results=results)[0]
     # the selected trial has run already: the run goes ahead, skips it, starts no Ray
     layout = ExperimentLayout.of(results, "tiny")
-    store = CheckpointStore(layout.store)
+    store = TrialStore(layout.store)
     store.begin(online)
     store.finish(online, "completed")
     assert main(["run", "tiny", "--config", str(config), "--results", str(results),

@@ -14,7 +14,7 @@ from orchestrator.cli import main
 from orchestrator.cli.launch import prepare_data
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.runner import run_trials
-from orchestrator.execute.store import CheckpointStore, checkpoint_name
+from orchestrator.execute.store import TrialStore, checkpoint_name
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
 
@@ -58,7 +58,7 @@ def test_an_entry_point_normalizer_runs_in_a_grid_and_its_table(norm_plugin, ray
     mine = metrics[metrics.trial_id == plugin.trial_id]
     assert sorted(mine.epoch) == [1, 2]
     # it trained MyNorm layers: affine per channel, no running statistics
-    trial_dir = CheckpointStore(results / "plug" / "checkpoints").trial_dir(plugin.trial_id)
+    trial_dir = TrialStore(results / "plug" / "checkpoints").trial_dir(plugin.trial_id)
     state = torch.load(trial_dir / checkpoint_name(2), weights_only=True)
     assert state["model"]["bn1.weight"].shape == (16,)
     assert not any(k.endswith("running_mean") for k in state["model"])

@@ -8,7 +8,7 @@ import pandas as pd
 from orch_helpers import PROV, epoch, tiny_trial
 
 from orchestrator.execute.recorder import Recorder
-from orchestrator.execute.store import CheckpointStore
+from orchestrator.execute.store import TrialStore
 from orchestrator.layout import ExperimentLayout
 
 
@@ -17,7 +17,7 @@ def test_statuses_dedup_and_reconcile_after_a_lost_driver(tmp_path):
     done, diverged, stopped = (tiny_trial(data, n, epochs=3) for n in ("batch", "group", "none"))
     rec = Recorder(ExperimentLayout.of(tmp_path, "exp"), [done, diverged, stopped], PROV)
     assert set(rec.counts()) == {"pending"}
-    store = CheckpointStore(rec.layout.store)
+    store = TrialStore(rec.layout.store)
 
     for trial in (done, diverged, stopped):
         assert store.begin(trial.trial_id)["epoch"] == 0

@@ -6,7 +6,7 @@ import pandas as pd
 from orch_helpers import PROV, epoch, tiny_trial
 
 from orchestrator.execute.recorder import Recorder
-from orchestrator.execute.store import CheckpointStore
+from orchestrator.execute.store import TrialStore
 from orchestrator.layout import ExperimentLayout
 from trainers.parquet_io import write_parquet_atomic
 
@@ -17,7 +17,7 @@ def recorded(tmp_path):
     done, partial = tiny_trial(data, "batch", epochs=2), tiny_trial(data, "group", epochs=3)
     layout = ExperimentLayout.of(tmp_path, "exp")
     rec = Recorder(layout, [done, partial], PROV)
-    store = CheckpointStore(layout.store)
+    store = TrialStore(layout.store)
     for trial, epochs in ((done, 2), (partial, 1)):
         store.begin(trial.trial_id, trial.to_payload(), {"host": "h1", **PROV})
         rec.started(trial.trial_id)

@@ -18,7 +18,7 @@ import time
 
 import pandas as pd
 import pytest
-from orch_helpers import REPO, kill_tree, tiny_yaml
+from orch_helpers import REPO, kill_tree, tiny_yaml, worker_dies
 
 from benchmarks.s3_loopback import loopback_s3
 from orchestrator import storage
@@ -169,10 +169,9 @@ def first_run(s3, s3_ray, tmp_path_factory):
     done, partial = expand(load_experiments(config)["s3"])
     real_start_store, runner.start_store = runner.start_store, None   # must not be called
     try:
-        summary = runner.run_trials(
-            "s3", [done, partial], s3.uri("grid"), max_failures=0,
-            hooks={"exit_after_epoch": 2, "trials": [partial.trial_id]},
-            live=LiveView("s3", tty=False))
+        with worker_dies([partial], after_epoch=2):
+            summary = runner.run_trials("s3", [done, partial], s3.uri("grid"), max_failures=0,
+                                        live=LiveView("s3", tty=False))
     finally:
         runner.start_store = real_start_store
     assert summary.counts == {"completed": 1, "failed": 1}

@@ -11,11 +11,11 @@ import struct
 import time
 
 import pandas as pd
-from orch_helpers import driver, kill_tree, read_trials, tiny_yaml
+from orch_helpers import driver, kill_tree, read_trials, tensorboard_scalars, tiny_yaml
 
 from orchestrator.cli import main
 from orchestrator.execute.store import read_state
-from orchestrator.execute.trackers import TRACKED, read_scalars, run_name
+from orchestrator.execute.trackers import TRACKED, run_name
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
 
@@ -106,7 +106,7 @@ def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_pat
     # TensorBoard: one event per epoch of each trial, continuous across the kill, holding
     # the recorded values (float32)
     for trial in (short, long, third):
-        events = read_scalars(results / "kill" / "tensorboard" / run_name(trial))
+        events = tensorboard_scalars(results / "kill" / "tensorboard" / run_name(trial))
         rows = after[after.trial_id == trial.trial_id].set_index("epoch")
         assert [step for step, _ in events] == list(rows.index), trial.trial_id
         for step, values in events:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
-from orch_helpers import tiny_trial
+from orch_helpers import tiny_trial, worker_dies
 
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.runner import run_trials
@@ -12,8 +12,9 @@ from orchestrator.execute.runner import run_trials
 def test_worker_death_resumes_from_checkpoint(ray_session, tmp_path):
     trials = [tiny_trial(tmp_path / "data", "batch", seed=0, epochs=3),
               tiny_trial(tmp_path / "data", "group", seed=0, epochs=2)]
-    summary = run_trials("retry", trials, tmp_path / "results", max_failures=2,
-                         hooks={"exit_after_epoch": 2}, live=LiveView("retry", tty=False))
+    with worker_dies(trials, after_epoch=2):
+        summary = run_trials("retry", trials, tmp_path / "results", max_failures=2,
+                             live=LiveView("retry", tty=False))
     assert summary.counts == {"completed": 2} and summary.exit_code == 0
     rows = pd.read_parquet(summary.layout.trials).set_index("trial_id")
     batch, group = trials

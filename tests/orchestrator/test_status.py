@@ -15,7 +15,7 @@ from orchestrator.cli import main
 from orchestrator.execute.live import LiveView
 from orchestrator.execute.lock import experiment_lock
 from orchestrator.execute.recorder import Recorder
-from orchestrator.execute.store import CheckpointStore
+from orchestrator.execute.store import TrialStore
 from orchestrator.layout import ExperimentLayout
 from orchestrator.report.results import read_results
 from trainers.errors import UserError
@@ -35,7 +35,7 @@ def grid(tmp_path, n_pending: int = 1):
     layout = ExperimentLayout.of(tmp_path / "results", "grid")
     trials = [done, diverged, running, *pending]
     rec = Recorder(layout, trials, PROV)
-    store = CheckpointStore(layout.store)
+    store = TrialStore(layout.store)
     for trial, epochs in ((done, 2), (diverged, 1), (running, 1)):
         store.begin(trial.trial_id, trial.to_payload(), {"host": "h", **PROV})
         rec.started(trial.trial_id)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.execute.store import CheckpointStore, checkpoint_name, read_state
+from orchestrator.execute.store import TrialStore, checkpoint_name, read_state
 
 
 def metrics(e: int) -> dict:
     return {"epoch": e, "val_acc1": 10.0 * e}
 
 
-def stored(store: CheckpointStore, trial: str, epochs: int) -> None:
+def stored(store: TrialStore, trial: str, epochs: int) -> None:
     store.begin(trial)
     for e in range(1, epochs + 1):
         store.put(trial, e, f"weights {e}".encode(), metrics(e))
 
 
 def test_keeps_the_latest_two_checkpoints_with_their_checksums(tmp_path):
-    store = CheckpointStore(tmp_path)
+    store = TrialStore(tmp_path)
     stored(store, "t", 3)
     folder = tmp_path / "t"
     assert sorted(p.name for p in folder.glob("checkpoint*")) == [checkpoint_name(2),
@@ -31,7 +31,7 @@ def test_keeps_the_latest_two_checkpoints_with_their_checksums(tmp_path):
 
 
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-    store = CheckpointStore(tmp_path)
+    store = TrialStore(tmp_path)
     stored(store, "t", 3)
     latest = tmp_path / "t" / checkpoint_name(3)
     latest.write_bytes(latest.read_bytes()[:4])
@@ -51,7 +51,7 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 
 def test_no_intact_checkpoint_starts_at_epoch_one(tmp_path):
-    store = CheckpointStore(tmp_path)
+    store = TrialStore(tmp_path)
     stored(store, "t", 2)
     (tmp_path / "t" / checkpoint_name(2)).write_bytes(b"")
     (tmp_path / "t" / checkpoint_name(1)).unlink()
@@ -70,7 +70,7 @@ def test_a_store_from_before_checksums_resumes_unverified(tmp_path):
     (folder / "checkpoint.pth.tar").write_bytes(b"old weights")
     (folder / "state.json").write_text(json.dumps(
         {"epoch": 4, "attempts": 1, "start_epoch": 1, "outcome": None, "history": []}))
-    store = CheckpointStore(tmp_path)
+    store = TrialStore(tmp_path)
     start = store.begin("t")
     assert start == {"attempt": 2, "epoch": 4, "checkpoint": b"old weights", "unverified": True}
     # the trainable found it does not load: set aside, nothing older to go back to
@@ -81,7 +81,7 @@ def test_a_store_from_before_checksums_resumes_unverified(tmp_path):
 
 
 def test_a_damaged_state_file_is_set_aside_and_its_checkpoints_still_found(tmp_path):
-    store = CheckpointStore(tmp_path)
+    store = TrialStore(tmp_path)
     stored(store, "t", 3)
     state_file = tmp_path / "t" / "state.json"
     state_file.write_bytes(state_file.read_bytes()[:30])
@@ -94,7 +94,7 @@ def test_a_damaged_state_file_is_set_aside_and_its_checkpoints_still_found(tmp_p
 
 
 def test_the_spec_is_kept_and_outcomes_recorded(tmp_path):
-    store = CheckpointStore(tmp_path)
+    store = TrialStore(tmp_path)
     store.begin("t", {"trial_id": "t", "config": {}}, {"host": "h", "git_commit": "abc"})
     store.finish("t", "failed", "data missing")
     assert store.spec("t") == {"trial_id": "t", "config": {}}

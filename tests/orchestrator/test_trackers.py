@@ -10,12 +10,12 @@ import types
 
 import pandas as pd
 import pytest
-from orch_helpers import PROV, epoch, tiny_trial
+from orch_helpers import PROV, epoch, tensorboard_scalars, tiny_trial
 
 from orchestrator.cli import main
 from orchestrator.execute.recorder import Recorder
-from orchestrator.execute.store import CheckpointStore
-from orchestrator.execute.trackers import TRACKED, Trackers, read_scalars, run_name
+from orchestrator.execute.store import TrialStore
+from orchestrator.execute.trackers import TRACKED, Trackers, run_name
 from orchestrator.layout import ExperimentLayout
 from trainers.parquet_io import write_parquet_atomic
 
@@ -30,7 +30,7 @@ def run_epochs(layout, trials, log, epochs, attempt=1, say=None):
     driver) unless the caller closes it."""
     rec = Recorder(layout, trials, PROV, trackers=Trackers(layout, log, say=say or print))
     rec.sync_trackers()
-    store = CheckpointStore(layout.store)
+    store = TrialStore(layout.store)
     for trial in trials:
         store.begin(trial.trial_id, trial.to_payload(), {"host": "h", **PROV})
         rec.started(trial.trial_id)
@@ -41,7 +41,7 @@ def run_epochs(layout, trials, log, epochs, attempt=1, say=None):
 
 
 def scalars(layout, trial):
-    return read_scalars(layout.tensorboard_run(run_name(trial)))
+    return tensorboard_scalars(layout.tensorboard_run(run_name(trial)))
 
 
 def f32(x: float) -> float:
@@ -98,6 +98,28 @@ def test_a_resumed_trial_is_appended_to(tmp_path):
     rec.close_trackers()
     assert [s for s, _ in scalars(layout, trial)] == [1, 2, 3]
     assert len(list(layout.tensorboard_run(run_name(trial)).iterdir())) == 2
+
+
+def test_an_epoch_written_after_the_last_note_is_purged_by_the_next_driver(tmp_path):
+    """A driver killed after writing epoch 2's event but before its note: the next driver
+    writes epoch 2 again (from the record, retrained here with other values) into a file
+    that begins with TensorBoard's purge marker at epoch 2, so TensorBoard drops the first."""
+    trial = tiny_trial(tmp_path / "data", "group", epochs=3)
+    layout = ExperimentLayout.of(tmp_path, "exp")
+    note = layout.tracker_note("tensorboard", trial.trial_id)
+    run_epochs(layout, [trial], [], {trial.trial_id: [(1, timed(1))]})
+    after_epoch_1 = note.read_text()
+    first, store = run_epochs(layout, [trial], [], {trial.trial_id: [(2, timed(2))]})
+    note.write_text(after_epoch_1)   # the kill: epoch 2's event is written, its note is not
+    del first
+    store.put(trial.trial_id, 2, b"w", epoch(2, 55.0))   # a retry trained epoch 2 again
+    rec, store = run_epochs(layout, [trial], [], {trial.trial_id: [(3, timed(3))]})
+    rec.close_trackers()
+    events = scalars(layout, trial)
+    assert [s for s, _ in events] == [1, 2, 3]
+    assert events[1][1]["val_acc1"] == 55.0
+    # TensorBoard's loader sees the file of epoch 2's first report beside the later one
+    assert len(list(layout.tensorboard_run(run_name(trial)).iterdir())) == 3
 
 
 def test_a_row_repaired_from_the_store_rewrites_that_trials_event_files(tmp_path):

@@ -116,7 +116,7 @@ def test_a_seeded_run_fills_no_memory_and_sets_tf32_as_the_recipe_says(cifar64, 
 def test_each_trial_records_its_tf32_choice(cifar64, monkeypatch):
     # trials.parquet's device column (the attempt's provenance) names the GPU and the
     # float32 math the recipe ran it in; config_json holds the setting itself.
-    from orchestrator.execute.trainable import device_name
+    from orchestrator.execute.attempt import device_name
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H200")
     assert device_name(cifar64(device="auto")) == "NVIDIA H200 (tf32 conv)"
