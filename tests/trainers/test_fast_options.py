@@ -51,9 +51,8 @@ def test_channels_last_runs_the_model_in_nhwc_and_trains_the_same_run(tiny_cifar
     assert abs(a["val_acc1"].iloc[0] - b["val_acc1"].iloc[0]) <= 1.0
 
 
-# float16 (with its GradScaler) in the default run; bfloat16 (no scaler) with -m slow
-@pytest.mark.parametrize("amp_dtype", [pytest.param("bfloat16", marks=pytest.mark.slow),
-                                       "float16"])
+# float16 with its GradScaler, bfloat16 without one
+@pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
 def test_amp_trains_and_resumes_exactly(amp_dtype, two_batch_cifar, tmp_path):
     config = two_batch_cifar(norm="online", epochs=2, amp=True, amp_dtype=amp_dtype)
     outcome, _ = _run(config, tmp_path / "straight")
