@@ -68,7 +68,7 @@ NORM_CHANNELS: dict[str, tuple[int, ...]] = {
 # or loop for ever before the first epoch.
 MAX_SEED = 2**32 - 1          # numpy.random.seed takes [0, 2^32 - 1]
 MAX_EPOCHS = 100_000          # also bounds lr_milestones
-MAX_DEPTH = 10_000            # the deepest published CIFAR ResNet has 1202 layers
+MAX_RESNET_DEPTH = 10_000     # the deepest published CIFAR ResNet has 1202 layers
 MAX_BATCH_SIZE = 2**20
 MAX_WORKERS = 1024
 MAX_IMAGE_SIZE = 1024         # synthetic ImageNet-style images; the real crops are 224
@@ -114,7 +114,7 @@ class TrialConfig:
     arch: str = setting("resnet", "network: 'resnet' (CIFAR, 6n+2) or an ImageNet "
                                   f"architecture ({', '.join(IMAGENET_ARCHS)})")
     # ResNet-20 is the paper's CIFAR network (n = 3); ImageNet ignores it.
-    depth: int = setting(20, "depth of the CIFAR ResNet, 6n+2", low=0, high=MAX_DEPTH)
+    depth: int = setting(20, "depth of the CIFAR ResNet, 6n+2", low=0, high=MAX_RESNET_DEPTH)
     # The paper trains CIFAR for 250 epochs.
     epochs: int = setting(250, "total epochs", low=1, high=MAX_EPOCHS)
     # The seed scripts' CIFAR batch; the lr and momentum below were tuned for it.

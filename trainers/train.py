@@ -39,9 +39,9 @@ from trainers.checkpoint import (
     set_rng_state,
 )
 from trainers.config import TrialConfig
+from trainers.epoch_bar import bar_by_default, epoch_bar
 from trainers.errors import UserError
 from trainers.metrics import EpochMeter, EpochSummary
-from trainers.progress import default_progress, epoch_progress
 from trainers.recipe import rescale_note
 from trainers.records import EPOCH_METRIC_KEYS, metric_row, upsert_rows
 from trainers.step import autocast_context, make_train_step
@@ -151,7 +151,7 @@ def _validate(run: "_Trainer") -> EpochSummary:
     with torch.no_grad():
         for images, labels in run.data.val_batches():
             with autocast():
-                logits = run.model(run.layout(images))
+                logits = run.model(run.to_memory_format(images))
                 loss = run.criterion(logits, labels)
             meter.update(logits, labels, loss)
             meter.count(labels.shape[0])
@@ -263,7 +263,8 @@ class _Trainer:
             group["lr"] = group["initial_lr"]
         self.scheduler = build_scheduler(self.optimizer, self.config, epochs_done)
 
-    def layout(self, images: torch.Tensor) -> torch.Tensor:
+    def to_memory_format(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch in the model's memory format (channels_last when the config asks)."""
         return images.contiguous(memory_format=self.memory_format)
 
     def train_epoch(self, epoch: int) -> tuple[EpochSummary, bool]:
@@ -276,11 +277,11 @@ class _Trainer:
         step = make_train_step(self.net, self.criterion, self.optimizer, meter, self.device,
                                self.amp_dtype, self.scaler, self.cuda_graph)
         total = self.data.train_len
-        with epoch_progress(self.progress, f"epoch {epoch}/{self.config.epochs}",
+        with epoch_bar(self.progress, f"epoch {epoch}/{self.config.epochs}",
                             total) as bar:
             for i, (images, labels) in enumerate(self.data.train_batches(epoch), start=1):
                 if self.stepped:
-                    step(self.layout(images), labels)
+                    step(self.to_memory_format(images), labels)
                 else:
                     self._first_step(step, images, labels)
                 # the same steps on every rank: a look is a collective in a group
@@ -303,7 +304,7 @@ class _Trainer:
         there is one line naming the setting that avoids them."""
         from norms.impl import triton_failure
         try:
-            step(self.layout(images), labels)
+            step(self.to_memory_format(images), labels)
         except Exception as err:
             if not triton_failure(err):
                 raise
@@ -377,7 +378,7 @@ def train(config: TrialConfig, report: Report | None = None, *, model_dir: str |
         # the earlier run's (rows are keyed by epoch)
         raise UserError(f"{model_dir} already holds a run ({CHECKPOINT_NAME}): pass --resume "
                         f"{model_dir} to continue it, or choose another --model-dir")
-    progress = default_progress() if progress is None else progress
+    progress = bar_by_default() if progress is None else progress
     retain_freed_memory()   # before the first batch: keeps step tensors from page-faulting
     with _reproducible(config.seed), _tf32(config.tf32):
         run = _Trainer(config, model_dir, progress, print_freq, log)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestrator.cli.progress import trial_progress
+from orchestrator.cli.recorded_so_far import recorded_so_far
 from orchestrator.layout import DONE_STATUSES, ExperimentLayout
 from orchestrator.plan.trials import TrialSpec, describe_options
 from trainers.errors import UserError
@@ -18,9 +18,9 @@ def print_plan(experiment, trials: list[TrialSpec], results_root: Path,
 
     layout = ExperimentLayout.of(results_root, experiment.name)
     try:
-        progress, warning = trial_progress(layout, trials, done_statuses), None
+        progress, warning = recorded_so_far(layout, trials, done_statuses), None
     except UserError as err:   # a damaged trials.parquet: the trial store still says what ran
-        progress, warning = trial_progress(layout, trials, done_statuses, parquet=False), err
+        progress, warning = recorded_so_far(layout, trials, done_statuses, parquet=False), err
     table = Table(title=f"{experiment.name}: {len(trials)} trials "
                         f"({experiment.dataset}, results in {layout.dir})",
                   title_justify="left")

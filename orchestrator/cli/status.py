@@ -80,7 +80,7 @@ class ExperimentStatus:
 
 def experiment_status(layout: ExperimentLayout, now: float) -> ExperimentStatus:
     from orchestrator.execute.lock import lock_holder
-    from orchestrator.report.progress import summarize
+    from orchestrator.report.grid_progress import summarize
     from orchestrator.report.results import read_resolved
 
     resolved = read_resolved(layout)
@@ -134,7 +134,7 @@ def watched_trial(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
     the Parquet files by the epoch in flight); None for a trial nothing describes."""
     from norms.modes import options_of
     from orchestrator.execute.store import TrialStore
-    from orchestrator.report.progress import TrialProgress, seconds_per_epoch
+    from orchestrator.report.grid_progress import TrialProgress, seconds_per_epoch
 
     store = TrialStore(layout.store)
     state = store.state(trial_id)
@@ -177,7 +177,7 @@ def watched_trial(layout: ExperimentLayout, trial_id: str, row: dict[str, Any],
 
 
 def render(status: ExperimentStatus, every_trial: bool = False) -> str:
-    from orchestrator.report.progress import format_duration, summary_line
+    from orchestrator.report.grid_progress import format_duration, summary_line
 
     done = SEARCH_DONE_STATUSES if status.kind == "tune" else DONE_STATUSES
     s = status.summary
@@ -200,7 +200,8 @@ def render(status: ExperimentStatus, every_trial: bool = False) -> str:
 
 
 def trial_table(trials) -> list[str]:
-    from orchestrator.report.progress import compact_options, format_duration, trial_eta
+    from orchestrator.report.grid_progress import format_duration, trial_eta
+    from orchestrator.report.option_labels import compact_options
 
     now = time.time()
     header = ["trial", "norm", "options", "seed", "status", "epoch", "elapsed", "ETA",

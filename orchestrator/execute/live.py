@@ -1,6 +1,6 @@
 """The live view of a run on stderr: a rich table on a terminal, one line per event otherwise.
 
-Both say how far the grid has got (done / total, elapsed, ETA: report/progress.py). The table
+Both say how far the grid has got (done / total, elapsed, ETA: report/grid_progress.py). The table
 keeps to the terminal: the summary line first, then as many trials as fit (all of them in
 plan order when they fit; otherwise the running ones first and a line counting the rest),
 with decay factors as 1023/1024, or k=10/7 in a narrow terminal.
@@ -15,16 +15,15 @@ import time
 from typing import Any
 
 from norms.modes import options_of
-from orchestrator.report.progress import (
-    NARROW_COLUMNS,
+from orchestrator.report.grid_progress import (
     TrialProgress,
-    compact_options,
     format_duration,
     seconds_per_epoch,
     summarize,
     summary_line,
     trial_eta,
 )
+from orchestrator.report.option_labels import NARROW_COLUMNS, compact_options
 
 STYLE = {"completed": "green", "running": "cyan", "failed": "red", "diverged": "yellow",
          "stopped": "magenta", "pending": "dim"}

@@ -36,7 +36,7 @@ from typing import Any, Callable
 from orchestrator import storage
 from orchestrator.layout import ExperimentLayout
 from orchestrator.plan.trials import TrialSpec
-from orchestrator.report.progress import compact_options
+from orchestrator.report.option_labels import compact_options
 from trainers.atomic import write_text_atomically
 from trainers.errors import UserError
 from trainers.records import EPOCH_METRIC_KEYS

@@ -31,6 +31,8 @@ from orchestrator.plan.fields import (
     too_many_trials,
     where,
 )
+from orchestrator.plan.overrides import apply_sets
+from orchestrator.plan.yaml_file import read_yaml
 from trainers.config import DATASETS, ConfigError, config_specs, make_config
 from trainers.errors import UserError
 
@@ -54,8 +56,6 @@ MAX_FAILURES = 1000
 CELL_EXTRA_KEYS = ("seeds", "resources")
 # Experiment names become folder names under the results root.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-# YAML deeper than this is no experiments file (and 20,000 nested `[` overflow the parser).
-MAX_DEPTH = 50
 
 
 @dataclass(frozen=True)
@@ -299,8 +299,6 @@ class Experiments(Mapping):
         names that --set too."""
         if not sets:
             return self[name]
-        from orchestrator.plan.overrides import apply_sets
-
         raw, changed = apply_sets(name, as_mapping(name, "(experiment)", self._raw[name]), sets)
         try:
             experiment = parse_experiment(name, raw, self._base_dir)
@@ -355,62 +353,6 @@ def default_config_path() -> Path:
     """./experiments.yaml if present, else the one shipped with the package."""
     local = Path("experiments.yaml")
     return local.absolute() if local.is_file() else PACKAGED_CONFIG
-
-
-def read_yaml(path: Path) -> Any:
-    """The file's YAML document through the safe loader; one UserError for a file that is
-    missing, unreadable, not UTF-8, not YAML, or nested deeper than MAX_DEPTH."""
-    import yaml  # local: keep `onorm --help` fast
-
-    shown = str(path)
-    if path.is_dir():
-        raise UserError(f"experiments file {shown!r} is a folder: pass --config FILE")
-    if not path.is_file():
-        raise UserError(f"experiments file {shown!r} not found: pass --config FILE")
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"experiments file {shown!r} cannot be read ({err.strerror}): check its "
-                        "permissions, or pass another --config FILE") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise UserError(f"experiments file {shown!r} is not UTF-8 text (byte "
-                        f"0x{data[err.start]:02x} at line {line}): save it as UTF-8") from None
-    try:
-        return yaml.load(text, Loader=_depth_limited_loader())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise UserError(f"experiments file {shown!r} is not valid YAML{at}: {problem}") from None
-    except ValueError as err:   # an integer literal beyond Python's 4300 digits
-        raise UserError(f"experiments file {shown!r} holds a value that cannot be read "
-                        f"({str(err).split(':')[0][:80]}): no setting takes a number that "
-                        "long; correct it") from None
-
-
-def _depth_limited_loader():
-    """yaml.SafeLoader that refuses nesting deeper than MAX_DEPTH (deep nesting would end in
-    a RecursionError thousands of lines long)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        depth = 0
-
-        def compose_node(self, parent, index):
-            self.depth += 1
-            try:
-                if self.depth > MAX_DEPTH:
-                    raise yaml.composer.ComposerError(
-                        None, None, f"nested more than {MAX_DEPTH} levels deep",
-                        self.peek_event().start_mark)
-                return super().compose_node(parent, index)
-            finally:
-                self.depth -= 1
-
-    return Loader
 
 
 def load_experiments(path: str | Path | None = None) -> Experiments:

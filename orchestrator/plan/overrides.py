@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from orchestrator.plan.yaml_file import depth_limited_loader
 from trainers.config import SettingError, config_specs, parse_setting
 from trainers.errors import UserError
 
@@ -39,12 +40,10 @@ def read_value(text: str) -> Any:
     """A command-line value as YAML, through the experiments file's own loader."""
     import yaml
 
-    from orchestrator.plan.experiments import _depth_limited_loader
-
     if not text.strip():
         return None
     try:
-        return yaml.load(text, Loader=_depth_limited_loader())
+        return yaml.load(text, Loader=depth_limited_loader())
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ValueError(f"{text!r} is not a YAML value ({problem}); quote it") from None

@@ -13,6 +13,7 @@ compiled, on two GPUs over NCCL, where a machine has them.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -106,7 +107,9 @@ def train_steps(model: nn.Module, rank: int = 0, world: int = 1, device: str = "
 def worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a minute, not gloo's default half hour, if the other rank never comes
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         results = {}
         for label, (mode, options) in NORMS.items():
@@ -149,8 +152,25 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
+    """Rank 0 runs in this process and rank 1 in a fresh one: a new interpreter's imports are
+    most of what a rank costs, and one is enough to be a second process."""
     out = tmp_path_factory.mktemp("ranks")
-    mp.spawn(worker, args=(free_port(), str(out)), nprocs=WORLD)
+    port = free_port()
+    other = mp.get_context("spawn").Process(target=worker, args=(1, port, str(out)))
+    other.start()
+    threads = torch.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as env:   # worker sets them; restored after
+            env.delenv("MASTER_ADDR", raising=False)
+            env.delenv("MASTER_PORT", raising=False)
+            worker(0, port, str(out))
+    finally:
+        torch.set_num_threads(threads)
+        other.join(timeout=120)
+        if other.exitcode is None:
+            other.kill()
+            other.join()
+    assert other.exitcode == 0, f"rank 1 exited with {other.exitcode}"
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 

@@ -4,7 +4,9 @@ Most of this code imports inside functions (ray, torch and the heavier layers on
 are used), so the imports are read from the source with ast.walk over whole modules, not
 from what importing a package loads: an import in a function body counts the same as one at
 the top. The report check also follows the project's own modules transitively, and keeps a
-fresh-interpreter check for what third-party packages pull in at import time.
+fresh-interpreter check for what third-party packages pull in at import time. Within a
+package, no two modules may import each other, directly or through others (a circle means
+one of them holds what both need, which belongs in a module of its own).
 """
 
 from __future__ import annotations
@@ -100,6 +102,56 @@ def test_a_layer_imports_no_layer_above_it(layer):
             for other in above:
                 assert not (name == f"orchestrator.{other}"
                             or name.startswith(f"orchestrator.{other}.")), (module, name)
+
+
+def import_cycle(modules: list[str], imports=imported_names) -> list[str] | None:
+    """A chain of imports among `modules` that comes back to where it started, or None."""
+    inside = set(modules)
+    edges = {m: sorted(n for n in imports(m) if n in inside and n != m) for m in modules}
+    state: dict[str, str] = {}   # "open" while its imports are walked, then "done"
+
+    def walk(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for other in edges[module]:
+            if state.get(other) == "open":
+                return path[path.index(other):] + [module, other]
+            if other not in state and (found := walk(other, path + [module])):
+                return found
+        state[module] = "done"
+        return None
+
+    for start in modules:
+        if start not in state and (found := walk(start, [])):
+            return found
+    return None
+
+
+def test_the_cycle_check_finds_a_circle():
+    """Its own check, on the circle between plan/experiments.py and plan/overrides.py that
+    the YAML loader's module of its own untied: put back, it is found."""
+    def as_before(module: str) -> set[str]:
+        back = module == "orchestrator.plan.overrides"
+        return imported_names(module) | ({"orchestrator.plan.experiments"} if back else set())
+
+    cycle = import_cycle(layer_modules("plan"), as_before)
+    assert cycle is not None and cycle[0] == cycle[-1]
+    assert {"orchestrator.plan.experiments", "orchestrator.plan.overrides"} <= set(cycle)
+
+
+# A circle left to untie (placement.py takes COORDINATOR from distributed_trial.py, which
+# asks placement.py for the workers' strategy): strict, so the mark goes when it does.
+KNOWN_CYCLES = {"orchestrator.execute": "distributed_trial and placement import each other"}
+PACKAGES = (*(f"orchestrator.{layer}" for layer in LAYERS), "trainers", "norms")
+
+
+@pytest.mark.parametrize("package", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_CYCLES[p]))
+    if p in KNOWN_CYCLES else p for p in PACKAGES])
+def test_no_two_modules_of_a_package_import_each_other(package):
+    modules = sorted(m for m in SOURCES if m.startswith(f"{package}."))
+    assert modules
+    cycle = import_cycle(modules)
+    assert cycle is None, " -> ".join(cycle)
 
 
 def test_reports_need_neither_ray_nor_torch():

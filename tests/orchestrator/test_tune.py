@@ -192,7 +192,7 @@ def test_optuna_resume_takes_diverged_and_out_of_space_configurations_in_stride(
 
 
 def test_dry_run_shows_a_trial_the_scheduler_stopped_as_done_for_a_search(tmp_path):
-    from orchestrator.cli.progress import trial_progress
+    from orchestrator.cli.recorded_so_far import recorded_so_far
     from orchestrator.layout import SEARCH_DONE_STATUSES, ExperimentLayout
     from orchestrator.plan.tune_kind import point_trials
 
@@ -206,9 +206,9 @@ def test_dry_run_shows_a_trial_the_scheduler_stopped_as_done_for_a_search(tmp_pa
     pd.DataFrame({"trial_id": [trial.trial_id], "status": ["stopped"],
                   "epochs_done": [1]}).to_parquet(trials_path)
     # `onorm tune` does not rerun it; `onorm run` would, so there it is partial
-    assert trial_progress(layout, [trial], SEARCH_DONE_STATUSES) == {
+    assert recorded_so_far(layout, [trial], SEARCH_DONE_STATUSES) == {
         trial.trial_id: ("done", 1, "stopped")}
-    assert trial_progress(layout, [trial]) == {
+    assert recorded_so_far(layout, [trial]) == {
         trial.trial_id: ("partial", 1, "stopped")}
 
 

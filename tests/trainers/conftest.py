@@ -61,6 +61,22 @@ def tiny_cifar(cifar10_dir):
 
 
 @pytest.fixture(scope="session")
+def two_batch_cifar(tmp_path_factory):
+    """A factory for configs on 16 training images in batches of 8 (8 to validate), for tests
+    of many short runs (half-precision convolutions are slow on the CPU; resume needs epochs,
+    not images)."""
+    from trainers.data.synthetic import write_synthetic_cifar
+
+    root = tmp_path_factory.mktemp("cifar16")
+    write_synthetic_cifar(root, classes=10, n_train=16, n_test=8, seed=0)
+
+    def make(**overrides):
+        values = dict(depth=8, epochs=2, batch_size=8, seed=0, workers=0, device="cpu")
+        return make_config("cifar10", str(root), **{**values, **overrides})
+    return make
+
+
+@pytest.fixture(scope="session")
 def imagenet64_dir(tmp_path_factory) -> Path:
     """64-pixel images: ResNet-18's last stage is then 2x2, not 1x1 (instance norm needs it)."""
     return _synthetic_imagenet(tmp_path_factory, 64)

@@ -19,9 +19,9 @@ def _run(config, model_dir, **kw):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("norm", ["online", "batch"])
-def test_two_plus_two_epochs_equal_four(norm, device, tiny_cifar, tmp_path):
+def test_two_plus_two_epochs_equal_four(norm, device, two_batch_cifar, tmp_path):
     # milestone 3: the lr drop happens after the resume, so the restored scheduler matters
-    config = tiny_cifar(norm=norm, epochs=4, lr_milestones=[3], device=device)
+    config = two_batch_cifar(norm=norm, epochs=4, lr_milestones=[3], device=device)
     straight, split = tmp_path / "straight", tmp_path / "split"
     _run(config, straight)
     _run(config.replace(epochs=2), split)

@@ -1,4 +1,4 @@
-"""A live progress line for one epoch (rich on a terminal); nothing when progress is off."""
+"""A live bar for one epoch's batches (rich, on stderr); nothing when the bar is off."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class _RichBar:
 
 
 @contextmanager
-def epoch_progress(enabled: bool, title: str, total: int) -> Iterator[_Silent | _RichBar]:
+def epoch_bar(enabled: bool, title: str, total: int) -> Iterator[_Silent | _RichBar]:
     """Yield an object with update(done, text) and advance(done); a transient bar on stderr
     when enabled."""
     if not enabled:
@@ -51,6 +51,7 @@ def epoch_progress(enabled: bool, title: str, total: int) -> Iterator[_Silent | 
         yield _RichBar(progress, progress.add_task(title, total=total, stats=""))
 
 
-def default_progress() -> bool:
+def bar_by_default() -> bool:
+    """Show the bar when a person is watching: stderr is a terminal."""
     return sys.stderr.isatty()
 

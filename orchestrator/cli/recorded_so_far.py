@@ -8,7 +8,7 @@ from orchestrator.plan.trials import TrialSpec
 from orchestrator.report.results import read_results
 
 
-def trial_progress(layout: ExperimentLayout, trials: list[TrialSpec],
+def recorded_so_far(layout: ExperimentLayout, trials: list[TrialSpec],
                    done_statuses: tuple[str, ...] = DONE_STATUSES, parquet: bool = True
                    ) -> dict[str, tuple[str, int, str]]:
     """trial_id -> (done|partial|new, epochs done, recorded status) from Parquet and the

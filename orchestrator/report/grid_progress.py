@@ -1,5 +1,5 @@
-"""How far a grid has got: done / total, what runs, elapsed time and an ETA, and the compact
-option labels that the live view and `onorm status` both show.
+"""How far a grid has got: done / total, what runs, elapsed time and an ETA, as the live view
+and `onorm status` both show it.
 
 Plain Python: the live view feeds it the recorder's rows, `onorm status` the Parquet files and
 the trial store. The ETA is an estimate from the epochs recorded so far: the remaining
@@ -15,12 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from trainers.decay import dyadic_k, fraction_text
-
 # Trials a run still has to train (failed ones wait for the next run).
 TO_RUN_STATUSES = ("pending", "running")
-# below this many columns the live view writes decay factors as k=10/7
-NARROW_COLUMNS = 100
 
 
 @dataclass
@@ -118,23 +114,6 @@ def format_duration(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def compact_options(norm: str, options: dict[str, Any], narrow: bool = False) -> str:
-    """The normalizer's options in a few characters: '1023/1024 127/128 ls' (narrow:
-    'k=10/7', the ecm only when it is not ls), 'groups=8' ('g=8'), '' for the others."""
-    if norm == "online":
-        a, b, ecm = options.get("afwd"), options.get("abkw"), options.get("ecm", "ls")
-        if a is None or b is None:
-            return ""
-        if not narrow:
-            return f"{fraction_text(a)} {fraction_text(b)} {ecm}"
-        ka, kb = dyadic_k(a), dyadic_k(b)
-        text = f"k={ka}/{kb}" if ka is not None and kb is not None else f"{a:g}/{b:g}"
-        return text if ecm == "ls" else f"{text} {ecm}"
-    if norm == "group" and "gn_num_groups" in options:
-        return f"{'g' if narrow else 'groups'}={options['gn_num_groups']}"
-    return ""
 
 
 def summary_line(summary: Summary, done_statuses: tuple[str, ...]) -> str:
