@@ -1,7 +1,7 @@
 """A trial of K workers: the Tune trial launches a Ray Train TorchTrainer running the shared
 trainer on every worker (the pattern Ray 2.60 documents for Train inside Tune).
 
-The Tune trial only coordinates (it holds COORDINATOR, no CPU: Ray Train places the K
+The Tune trial only coordinates (it holds placement.COORDINATOR, no CPU: Ray Train places the K
 workers with the per-worker cpu/gpu, which may then take every CPU of their nodes, on one
 node unless `placement` says otherwise: execute/placement.py). It counts
 the attempt in the trial store and hands every worker the latest checkpoint, so each rank
@@ -33,11 +33,6 @@ from orchestrator.execute.attempt import (
     store_epoch,
     trial_spec,
 )
-
-# The coordinating trial's request: Tune cannot place a trial that asks for nothing, and a
-# CPU fraction would keep K workers from using all of a node's CPUs; a MiB of Ray's logical
-# memory resource costs nothing (checked: such a Tune trial runs).
-COORDINATOR = {"memory": 1024 * 1024}
 
 
 def run_distributed(params: dict[str, Any]) -> None:

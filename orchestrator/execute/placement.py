@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from orchestrator.execute.distributed_trial import COORDINATOR
 from trainers.errors import UserError
+
+# The coordinating trial's request: Tune cannot place a trial that asks for nothing, and a
+# CPU fraction would keep K workers from using all of a node's CPUs; a MiB of Ray's logical
+# memory resource costs nothing (checked: such a Tune trial runs).
+COORDINATOR = {"memory": 1024 * 1024}
 
 
 def trial_bundle(resources: dict[str, Any]) -> dict[str, float]:

@@ -138,15 +138,10 @@ def test_the_cycle_check_finds_a_circle():
     assert {"orchestrator.plan.experiments", "orchestrator.plan.overrides"} <= set(cycle)
 
 
-# A circle left to untie (placement.py takes COORDINATOR from distributed_trial.py, which
-# asks placement.py for the workers' strategy): strict, so the mark goes when it does.
-KNOWN_CYCLES = {"orchestrator.execute": "distributed_trial and placement import each other"}
 PACKAGES = (*(f"orchestrator.{layer}" for layer in LAYERS), "trainers", "norms")
 
 
-@pytest.mark.parametrize("package", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=KNOWN_CYCLES[p]))
-    if p in KNOWN_CYCLES else p for p in PACKAGES])
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_two_modules_of_a_package_import_each_other(package):
     modules = sorted(m for m in SOURCES if m.startswith(f"{package}."))
     assert modules

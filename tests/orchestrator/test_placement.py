@@ -9,8 +9,7 @@ import re
 import pytest
 from orch_helpers import GOOD, tiny_trial
 
-from orchestrator.execute.distributed_trial import COORDINATOR
-from orchestrator.execute.placement import shortfalls, trial_bundle, worker_strategy
+from orchestrator.execute.placement import COORDINATOR, shortfalls, trial_bundle, worker_strategy
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
 from trainers.errors import UserError
