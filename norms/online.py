@@ -65,6 +65,17 @@ class _Constant:
 
     def __set__(self, layer: _OnlineNorm, value: object) -> None:
         layer.constants = dataclasses.replace(layer.constants, **{self.name: value})
+        # the evaluation path's compensation follows (ecm, ls_eps, clamp_val), as training's
+        layer.compensation = compensation(layer.constants)
+
+
+def compensation(constants: OnlineNormConstants) -> nn.Module:
+    """The error-compensation module of the evaluation path."""
+    if constants.ecm == "ls":
+        return LayerScaling(constants.ls_eps)
+    if constants.ecm == "ac":
+        return ActivationClamp(constants.clamp_val)
+    return nn.Identity()
 
 
 class _OnlineNorm(nn.Module):
@@ -109,13 +120,7 @@ class _OnlineNorm(nn.Module):
         self.register_buffer("var", torch.ones(num_features))
         self.register_buffer("u", torch.zeros(num_features))
         self.register_buffer("v", torch.zeros(num_features))
-        self.compensation: nn.Module
-        if ecm == "ls":
-            self.compensation = LayerScaling(self.ls_eps)
-        elif ecm == "ac":
-            self.compensation = ActivationClamp(self.clamp_val)
-        else:
-            self.compensation = nn.Identity()
+        self.compensation = compensation(self.constants)
 
     # Set by synchronize: one chain over the global batch of a process group.
     synchronized = False

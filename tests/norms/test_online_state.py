@@ -155,6 +155,19 @@ def test_setting_an_attribute_replaces_the_constants_checked() -> None:
     assert layer.constants == OnlineNorm2d(3, alpha_fwd=0.9).constants   # as it was
 
 
+
+def test_setting_the_compensation_changes_the_evaluation_path_too() -> None:
+    x = 10 * torch.randn(4, 3, 5, 5)
+    layer = OnlineNorm2d(3, ecm="ls")
+    layer.ecm, layer.clamp_val = "ac", 0.5
+    built = OnlineNorm2d(3, ecm="ac", clamp_val=0.5)
+    for module in (layer, built):
+        module(x)   # training: the same state
+        module.eval()
+    out = layer(x)
+    assert torch.equal(out, built(x))
+    assert out.abs().max().item() == 0.5   # clamped at the new bound, not layer-scaled
+
 def test_a_layer_pickled_with_its_constants_one_by_one_loads() -> None:
     # Layers pickled before the constants were one object hold them as attributes.
     layer = OnlineNorm2d(3, alpha_fwd=0.9, ecm="ac", clamp_val=2.0)
