@@ -13,6 +13,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import psutil
@@ -116,6 +117,37 @@ def driver(config: Path, experiment: str, results: Path, log: Path,
              str(config), "--results", str(results)], cwd=REPO, env=env, stdout=f,
             stderr=subprocess.STDOUT, start_new_session=new_session)
 
+
+
+def run_to_the_end(config: Path, experiment: str, results: Path, log: Path,
+                   timeout: float = 300) -> str:
+    """`onorm run` (driver()) waited for; fails the test unless it exits 0; its log."""
+    proc = driver(config, experiment, results, log)
+    try:
+        assert proc.wait(timeout=timeout) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    return log.read_text()
+
+
+def interrupt(proc: subprocess.Popen, log: Path, trials_path: Path, ready,
+              send: Callable[[], None], exit_code: int) -> pd.DataFrame:
+    """Once `ready(rows)` holds, interrupt the driver with `send()` and check that it stops
+    as Ctrl-C stops it: exit `exit_code`, the resume hint, no traceback. The rows that were
+    ready."""
+    try:
+        rows = wait_for_trials(proc, log, trials_path, ready)
+        send()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    out = log.read_text()
+    assert code == exit_code, out[-3000:]
+    assert "onorm run: interrupted; re-run the same command to resume" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    return rows
 
 def read_trials(path: Path) -> pd.DataFrame | None:
     try:

@@ -6,16 +6,18 @@ CIFAR once on a node that several trials share, and refuses a node that runs oth
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from orch_helpers import REPO
 from ray_nodes import RayNodes, onorm
 
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
 from trainers.data.synthetic import write_synthetic_cifar
 
-STUB = __import__("pathlib").Path(__file__).with_name("cluster_stub")
+STUB = Path(__file__).with_name("cluster_stub")
 GRID = """
 nodes:
   dataset: cifar10
@@ -93,17 +95,20 @@ def test_cifar_is_prepared_once_on_a_node_that_several_trials_share(cluster, tmp
     assert len(downloads.read_text().splitlines()) == 1
 
 
+def copy_of_the_code(folder: Path) -> Path:
+    """`folder` holding a copy of this checkout's packages (what a node's PYTHONPATH may
+    point at instead of the installed code)."""
+    for package in ("norms", "trainers", "orchestrator"):
+        shutil.copytree(REPO / package, folder / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
 # about 40 s on 2 cores (a third node joins, then leaves)
 def test_a_node_whose_python_sees_an_edited_module_is_refused_as_other_code(
         cluster, tmp_path):
     nodes, hidden, _ = cluster
-    import orchestrator
-
-    repo = __import__("pathlib").Path(orchestrator.__file__).parents[1]
-    copy = tmp_path / "other"
-    for package in ("norms", "trainers", "orchestrator"):
-        shutil.copytree(repo / package, copy / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    copy = copy_of_the_code(tmp_path / "other")
     with open(copy / "trainers" / "train.py", "a") as f:
         f.write("\n# edited on this node only\n")
     nodes.start("nodeC", "--num-cpus", "1", "--num-gpus", "0", pythonpath=copy)
@@ -125,21 +130,16 @@ def test_each_attempt_records_the_git_commit_of_the_node_that_ran_it(cluster, tm
     accepted by the preflight, and its trials record its commit, not the driver's."""
     import subprocess
 
-    import orchestrator
     from orchestrator.execute.provenance import git_commit
 
     nodes, hidden, _ = cluster
-    repo = __import__("pathlib").Path(orchestrator.__file__).parents[1]
-    other = tmp_path / "checkout"
-    for package in ("norms", "trainers", "orchestrator"):
-        shutil.copytree(repo / package, other / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
+    other = copy_of_the_code(tmp_path / "checkout")
     git = ["git", "-C", str(other), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-qm", "another checkout"], check=True)
     theirs = git_commit(other)
-    assert theirs and theirs != git_commit(repo)
+    assert theirs and theirs != git_commit(REPO)
     nodes.start("nodeD", "--num-cpus", "1", "--num-gpus", "0", pythonpath=other)
     try:
         nodes.wait_for(3)
@@ -151,4 +151,4 @@ def test_each_attempt_records_the_git_commit_of_the_node_that_ran_it(cluster, tm
     assert set(rows.status) == {"completed"}
     by_node = rows.groupby("node_id").git_commit.agg(set)
     assert {theirs} in list(by_node), by_node      # nodeD's trials: nodeD's commit
-    assert {git_commit(repo)} in list(by_node), by_node   # the others: this checkout's
+    assert {git_commit(REPO)} in list(by_node), by_node   # the others: this checkout's

@@ -7,7 +7,7 @@ import time
 
 import pandas as pd
 import pytest
-from orch_helpers import driver, kill_tree, tiny_yaml
+from orch_helpers import driver, kill_tree, run_to_the_end, tiny_yaml
 
 from orchestrator.execute.store import read_state
 from orchestrator.plan.experiments import load_experiments
@@ -54,12 +54,7 @@ def test_two_workers_match_one_process_and_resume_after_the_driver_is_killed(
     stored = read_state(store)["epoch"]
     assert 2 <= stored < EPOCHS
 
-    second = driver(config, "dist", results, tmp_path / "second.log")
-    try:
-        assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    finally:
-        if second.poll() is None:
-            kill_tree(second)
+    run_to_the_end(config, "dist", results, tmp_path / "second.log", timeout=400)
     rows = pd.read_parquet(results / "dist" / "trials.parquet").set_index("trial_id")
     row = rows.loc[trial.trial_id]
     assert row["status"] == "completed" and row["attempts"] == 2

@@ -11,7 +11,14 @@ import struct
 import time
 
 import pandas as pd
-from orch_helpers import driver, kill_tree, read_trials, tensorboard_scalars, tiny_yaml
+from orch_helpers import (
+    driver,
+    kill_tree,
+    read_trials,
+    run_to_the_end,
+    tensorboard_scalars,
+    tiny_yaml,
+)
 
 from orchestrator.cli import main
 from orchestrator.execute.store import read_state
@@ -64,13 +71,7 @@ def test_sigkill_driver_then_rerun_finishes_only_the_rest(ray_exclusive, tmp_pat
     stored = read_state(results / "kill" / "checkpoints" / long.trial_id)["epoch"]
     assert 1 <= recorded <= stored < 12
 
-    second = driver(config, "kill", results, tmp_path / "second.log")
-    try:
-        assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    finally:
-        if second.poll() is None:
-            kill_tree(second)
-    log = (tmp_path / "second.log").read_text()
+    log = run_to_the_end(config, "kill", results, tmp_path / "second.log")
     first_log = (tmp_path / "first.log").read_text()
     for out in (first_log, log):
         assert "Token authentication" not in out and "Last result" not in out, out[-3000:]

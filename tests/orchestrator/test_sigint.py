@@ -9,7 +9,7 @@ import signal
 
 import pandas as pd
 import pytest
-from orch_helpers import driver, kill_tree, read_trials, tiny_yaml, wait_for_trials
+from orch_helpers import driver, interrupt, read_trials, run_to_the_end, tiny_yaml
 
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
@@ -38,19 +38,11 @@ def test_sigint_leaves_running_trials_pending_exits_130_and_a_rerun_finishes_the
     trials_path = results / "sigint" / "trials.parquet"
     metrics_path = results / "sigint" / "metrics.parquet"
     proc = driver(config, "sigint", results, log, new_session=True)
-    try:
-        rows = wait_for_trials(proc, log, trials_path, lambda rows: (
-            (rows.status == "running") & (rows.epochs_done >= 1)).any())
-        running = sorted(rows.index[rows.status == "running"])
-        os.killpg(proc.pid, signal.SIGINT)   # the driver leads its own group (new_session)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    out = log.read_text()
-    assert code == 130, out[-3000:]
-    assert "onorm run: interrupted; re-run the same command to resume" in out, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
+    # the driver leads its own group (new_session), signalled whole as a terminal's Ctrl-C
+    rows = interrupt(proc, log, trials_path, lambda rows: (
+        (rows.status == "running") & (rows.epochs_done >= 1)).any(),
+        lambda: os.killpg(proc.pid, signal.SIGINT), exit_code=130)
+    running = sorted(rows.index[rows.status == "running"])
     rows = read_trials(trials_path)
     assert sorted(rows.index) == ids
     assert "running" not in set(rows.status)
@@ -58,12 +50,7 @@ def test_sigint_leaves_running_trials_pending_exits_130_and_a_rerun_finishes_the
     assert (rows.loc[running, "epochs_done"] >= 1).any()   # what ran is in the record
     assert (rows.epochs_done < EPOCHS).all()               # stopped mid-grid, not after it
 
-    second = driver(config, "sigint", results, tmp_path / "second.log")
-    try:
-        assert second.wait(timeout=300) == 0, (tmp_path / "second.log").read_text()[-3000:]
-    finally:
-        if second.poll() is None:
-            kill_tree(second)
+    run_to_the_end(config, "sigint", results, tmp_path / "second.log")
     rows = read_trials(trials_path)
     assert set(rows.status) == {"completed"}
     assert (rows.epochs_done == EPOCHS).all()

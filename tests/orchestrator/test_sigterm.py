@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from orch_helpers import driver, kill_tree, read_trials, tiny_yaml, wait_for_trials
+from orch_helpers import driver, interrupt, read_trials, tiny_yaml
 
 from orchestrator.plan.experiments import load_experiments
 from orchestrator.plan.trials import expand
@@ -30,17 +30,8 @@ def test_sigterm_leaves_running_trials_pending_and_exits_143(ray_exclusive, tmp_
     results, log = tmp_path / "results", tmp_path / "driver.log"
     trials_path = results / "term" / "trials.parquet"
     proc = driver(config, "term", results, log)
-    try:
-        wait_for_trials(proc, log, trials_path, lambda rows: (rows.epochs_done >= 1).any())
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc)
-    out = log.read_text()
-    assert code == 143, out[-3000:]
-    assert "onorm run: interrupted; re-run the same command to resume" in out, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
+    interrupt(proc, log, trials_path, lambda rows: (rows.epochs_done >= 1).any(),
+              lambda: proc.send_signal(signal.SIGTERM), exit_code=143)
     rows = read_trials(trials_path)
     assert sorted(rows.index) == sorted(t.trial_id for t in trials)
     assert set(rows.status) == {"pending"}           # none left marked running
