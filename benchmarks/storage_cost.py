@@ -119,6 +119,7 @@ def main() -> None:
     import ray
 
     from benchmarks.s3_loopback import loopback_s3
+    from orchestrator.execute.attempt import STORE_NAMESPACE
     from orchestrator.execute.runner import quiet_ray_notices
 
     with tempfile.TemporaryDirectory(prefix="onorm-bench-") as tmp, loopback_s3() as s3:
@@ -137,7 +138,7 @@ def main() -> None:
         server_log.propagate = False
         quiet_ray_notices()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 namespace="onorm", log_to_driver=False,
+                 namespace=STORE_NAMESPACE, log_to_driver=False,
                  runtime_env={"worker_process_setup_hook": "benchmarks.storage_cost.count_writes"})
         count_writes()
         rows = []

@@ -16,12 +16,11 @@ import sys
 import time
 from collections.abc import Callable
 
-CIFAR_BATCH = 128
-IMAGENET_RANK_BATCH = 32
+# gpu_speed's shapes, which the cache is warmed for
+from benchmarks.gpu_speed import CIFAR_BATCH, IMAGENET_RANK_BATCH, LAYER_SHAPES
+
 # Where and by which impl the workloads run (tests run them on the CPU, eagerly).
 DEVICE, IMPL = "cuda", "triton"
-LAYER_SHAPES = ((128, 16, 32, 32), (128, 32, 16, 16), (128, 64, 8, 8), (32, 256, 56, 56),
-                (256, 64, 56, 56))
 
 
 def _step(model, images, labels, amp: bool = False) -> None:

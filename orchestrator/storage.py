@@ -50,7 +50,6 @@ class UriPath:
         authority, _, path = rest.partition("/")
         # the authority (bucket) is kept even when empty: s3:///r names no bucket
         self.key = "/".join([authority, *(p for p in path.split("/") if p and p != ".")])
-        self.key = self.key.rstrip("/") if authority else self.key
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.key}"

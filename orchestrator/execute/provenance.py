@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
@@ -35,4 +36,9 @@ def package_versions() -> str:
 
 
 def provenance() -> dict[str, str]:
+    return dict(_provenance())
+
+
+@functools.cache   # a process runs the code it imported: ask git once, not per attempt
+def _provenance() -> dict[str, str]:
     return {"git_commit": git_commit(), "package_versions": package_versions()}

@@ -3,10 +3,14 @@ that a Python error in it shows here and not in a lent GPU's few minutes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from benchmarks import gpu_speed
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_section_runs_on_the_cpu_with_tiny_shapes(capsys):
@@ -31,8 +35,15 @@ def test_every_section_runs_on_the_cpu_with_tiny_shapes(capsys):
 
 
 def test_the_seeded_mode_trains_as_a_seeded_trial():
+    from orchestrator.plan.experiments import load_experiments
+    from orchestrator.plan.trials import expand
+
     config = gpu_speed.cifar_config("online", "cpu", **dict(gpu_speed.MODES)[gpu_speed.GRID_MODE])
-    assert config.seed == 0 and config.channels_last and config.cuda_graph
+    # the mode the GPU-hours projection prices is how the paper's grids run their trials
+    grid = expand(load_experiments(REPO / "experiments.yaml")["cifar10"])[0].config
+    for option in ("channels_last", "cuda_graph", "amp", "batch_size", "depth"):
+        assert getattr(config, option) == getattr(grid, option), option
+    assert config.seed is not None and grid.seed is not None   # both seeded
     with gpu_speed.seeded(config):
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.utils.deterministic.fill_uninitialized_memory

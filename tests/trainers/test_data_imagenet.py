@@ -9,7 +9,8 @@ import torch
 
 from trainers.config import make_config
 from trainers.data import build_data
-from trainers.data.imagenet import IMAGENET_MEAN, IMAGENET_STD, random_resized_box
+from trainers.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from trainers.data.imagenet_items import random_resized_box
 from trainers.data.synthetic import write_synthetic_imagenet
 from trainers.errors import UserError
 

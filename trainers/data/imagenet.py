@@ -24,12 +24,9 @@ from trainers.data.imagenet_items import (
     EpochItems,
     PilItems,
     collate_encoded,
-    random_resized_box,
 )
 from trainers.distributed import Ranks
 from trainers.errors import UserError
-
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderData", "random_resized_box"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
