@@ -34,7 +34,9 @@ def submit_command(address: str, command: str, experiment: str) -> str:
 
 def check_address(address: str | None, command: str, experiment: str) -> None:
     """Refuse the addresses a driver cannot join (--address, else RAY_ADDRESS)."""
-    given = address or os.environ.get("RAY_ADDRESS") or ""
+    from orchestrator.execute.runner import cluster_address
+
+    given = cluster_address(address) or ""
     source = "--address" if address else "RAY_ADDRESS"
     scheme = urlsplit(given).scheme.lower() if "://" in given else ""
     if scheme == "ray":

@@ -132,9 +132,9 @@ def checked_trials(experiment, planned: list, args: argparse.Namespace,
 
 def joining_cluster(address: str | None) -> bool:
     """True when Ray is an existing cluster (--address or RAY_ADDRESS), not started here."""
-    import os
+    from orchestrator.execute.runner import cluster_address
 
-    return bool(address or os.environ.get("RAY_ADDRESS"))
+    return cluster_address(address) is not None
 
 
 def check_cluster(experiment, trials, args: argparse.Namespace) -> None:

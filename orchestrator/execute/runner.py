@@ -47,6 +47,11 @@ class RunSummary:
         return 1 if self.counts.get("failed") else 0
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster to join: --address, else RAY_ADDRESS; None when Ray starts here."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at `address`/RAY_ADDRESS or start a local Ray; True if we started it."""
     import ray
@@ -54,7 +59,7 @@ def connect(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     quiet_ray_notices()
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = cluster_address(address)
     common = dict(namespace=STORE_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     if address:
         try:
@@ -268,7 +273,7 @@ def run_trials(experiment: str, trials: list[TrialSpec], results_root: str | sto
 
         started_ray = connect(address)
         try:
-            joined = bool(address or os.environ.get("RAY_ADDRESS"))
+            joined = cluster_address(address) is not None
             check_resources(pending, joined, say=say)   # refused, or awaited on a cluster
             if joined:
                 check_nodes(pending, say=say)   # every node's data and code (preflight.py)
